@@ -1,0 +1,137 @@
+//! Application state, the router, and `run` with graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware;
+use axum::routing::{get, post};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::auth::{ApiKeys, require_api_key};
+use crate::config::Config;
+use crate::error::problem_fallback;
+use crate::moment::signature::{Verifier, WebhookSecret};
+use crate::moment::{MomentClient, RetryPolicy};
+use crate::routes::{charges, health, mandates, webhooks};
+use crate::{db, worker};
+
+/// Largest request body accepted (bytes); larger ones get 413.
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+/// Settings the handlers read.
+pub struct Settings {
+    /// Base URL of this service, without a trailing slash.
+    pub public_url: String,
+    pub default_return_url: Option<String>,
+    pub api_keys: ApiKeys,
+}
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub moment: MomentClient,
+    pub verifier: Arc<Verifier>,
+    pub settings: Arc<Settings>,
+}
+
+impl AppState {
+    /// Builds the state from checked settings. Consumes the webhook secrets.
+    pub fn new(config: &mut Config, db: PgPool) -> anyhow::Result<Self> {
+        let retry = RetryPolicy { max_attempts: config.moment_max_attempts, ..RetryPolicy::default() };
+        let moment = MomentClient::new(&config.moment_api_url, config.moment_secret_key.clone(), config.moment_timeout, retry)?;
+        let secrets: Vec<WebhookSecret> = std::mem::take(&mut config.webhook_secrets);
+        Ok(Self {
+            db,
+            moment,
+            verifier: Arc::new(Verifier::new(secrets, config.webhook_tolerance)),
+            settings: Arc::new(Settings {
+                public_url: config.public_url.clone(),
+                default_return_url: config.default_return_url.clone(),
+                api_keys: ApiKeys::new(&config.api_keys),
+            }),
+        })
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Every route, with its middleware. `request_timeout` answers a slow request with 408; its
+/// database and Moment work runs detached and completes regardless.
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    let merchant = Router::new()
+        .route("/mandates", post(mandates::create).get(mandates::list))
+        .route("/mandates/{id}", get(mandates::show))
+        .route("/mandates/{id}/revoke", post(mandates::revoke))
+        .route("/charges", post(charges::create).get(charges::list))
+        .route("/charges/{id}", get(charges::show))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    let public = Router::new()
+        .route("/mandates/{id}/return", get(mandates::customer_return))
+        .route("/webhooks/moment", post(webhooks::receive))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &Request| {
+            // The route template, never the raw URI: paths and queries can carry ids and more.
+            let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
+            let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), route, request_id)
+        })
+        .on_request(())
+        .on_response(DefaultOnResponse::new().level(Level::INFO));
+    merchant
+        .merge(public)
+        .layer(middleware::map_response(problem_fallback))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(trace)
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Connects (creating and migrating the database unless told not to), starts the worker,
+/// and serves on `listener` until `shutdown` completes; then drains in-flight requests and
+/// lets the worker finish its run.
+pub async fn run(mut config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let db = db::connect(&config.db, config.migrate).await?;
+    let state = AppState::new(&mut config, db)?;
+    let (stop_worker, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(worker::run(state.clone(), config.worker_interval, stopped));
+    tracing::info!(addr = %listener.local_addr()?, public_url = %config.public_url, "listening");
+    axum::serve(listener, router(state, config.request_timeout)).with_graceful_shutdown(shutdown).await?;
+    let _ = stop_worker.send(true);
+    let _ = worker.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,7 @@
+//! Everything that speaks Moment: its HTTP API, its JSON, and its webhook signatures.
+
+pub mod client;
+pub mod signature;
+pub mod wire;
+
+pub use client::{MomentClient, MomentError, RetryPolicy};

@@ -1,0 +1,24 @@
+//! Liveness and readiness.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::db::{self, detached};
+use crate::error::ApiError;
+
+/// The process is up.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Postgres answers and every migration this build knows is applied; `503` otherwise.
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let pool = state.db.clone();
+    let applied = detached(async move { db::migrations_applied(&pool).await }).await.map_err(ApiError::DatabaseUnavailable)?;
+    if !applied {
+        return Err(ApiError::DatabaseUnavailable(sqlx::Error::Protocol("migrations not applied".into())));
+    }
+    Ok(Json(json!({ "status": "ready" })))
+}

@@ -1,0 +1,188 @@
+//! `/mandates`: start a mandate, follow it, revoke it, and the customer's return from checkout.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiJson, List, Page, bad_query, check_currency, check_metadata, check_reference, idempotency_key, parse_id, request_hash};
+use crate::app::AppState;
+use crate::db::detached;
+use crate::domain::{Mandate, MandateStatus};
+use crate::error::ApiError;
+use crate::store::mandates as store;
+use crate::workflow::mandates::{self as flow, MandateRequest};
+
+/// `POST /mandates` body.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMandate {
+    /// Minor units (cents), at least 0.
+    pub amount: i64,
+    pub currency: String,
+    pub customer: Customer,
+    pub return_url: Option<String>,
+    pub reference: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Customer {
+    pub name: String,
+    pub email: String,
+}
+
+impl CreateMandate {
+    fn check(self) -> Result<MandateRequest, ApiError> {
+        if self.amount < 0 {
+            return Err(ApiError::invalid("amount", "must be an integer number of minor units, at least 0"));
+        }
+        check_currency("currency", &self.currency)?;
+        let name = self.customer.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(ApiError::invalid("customer.name", "must be 1 to 200 characters"));
+        }
+        if !plausible_email(&self.customer.email) {
+            return Err(ApiError::invalid("customer.email", "must be an e-mail address"));
+        }
+        let return_url = match &self.return_url {
+            Some(u) => Some(crate::config::http_url("return_url", u).map_err(|_| ApiError::invalid("return_url", "must be an absolute http(s) URL"))?),
+            None => None,
+        };
+        check_reference(self.reference.as_deref())?;
+        check_metadata(&self.metadata)?;
+        Ok(MandateRequest {
+            amount: self.amount,
+            currency: self.currency,
+            customer_name: name.to_owned(),
+            customer_email: self.customer.email.trim().to_owned(),
+            return_url,
+            reference: self.reference,
+            metadata: self.metadata,
+        })
+    }
+}
+
+/// One `@`, something on each side, a dot in the domain, no spaces; Moment checks the rest.
+fn plausible_email(email: &str) -> bool {
+    let email = email.trim();
+    match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
+                && email.len() <= 254
+                && !email.chars().any(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"))
+}
+
+/// Records the mandate and opens its Moment checkout. `303` to the checkout by default;
+/// `201` with the mandate when the caller accepts `application/json`.
+pub async fn create(State(state): State<AppState>, headers: HeaderMap, ApiJson(body): ApiJson<CreateMandate>) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let hash = request_hash(&body);
+    let req = body.check()?;
+    let st = state.clone();
+    let out = detached(async move { flow::create(&st, req, key, hash).await }).await?;
+    let mandate = out.mandate;
+    if mandate.status == MandateStatus::Failed {
+        let reason = mandate.failure.as_ref().and_then(|f| f.0["message"].as_str().map(str::to_owned));
+        return Err(ApiError::MomentRejected(reason.unwrap_or_else(|| "the checkout session could not be opened".into())));
+    }
+    let mut resp = if wants_json(&headers) {
+        let location = format!("/mandates/{}", mandate.id);
+        (StatusCode::CREATED, [(header::LOCATION, location)], Json(&mandate)).into_response()
+    } else {
+        let checkout = mandate.checkout_url.as_deref().ok_or(ApiError::MomentUnavailable)?;
+        let mut resp = Json(&mandate).into_response();
+        *resp.status_mut() = StatusCode::SEE_OTHER;
+        let location = HeaderValue::try_from(checkout).map_err(|e| ApiError::Internal(e.into()))?;
+        resp.headers_mut().insert(header::LOCATION, location);
+        resp
+    };
+    if out.replayed {
+        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Mandate>, ApiError> {
+    let id = parse_id(&id, "mandate")?;
+    let db = state.db.clone();
+    let mandate = detached(async move { store::by_id(&db, id).await }).await?;
+    Ok(Json(mandate.ok_or(ApiError::NotFound("mandate"))?))
+}
+
+/// `GET /mandates` filters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    customer_id: Option<String>,
+    reference: Option<String>,
+    #[serde(flatten)]
+    page: Page,
+}
+
+pub async fn list(State(state): State<AppState>, query: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<List<Mandate>>, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
+    let (limit, before) = q.page.parse()?;
+    let status = match q.status.as_deref() {
+        Some(s) => Some(s.parse().map_err(|_| ApiError::malformed("status", "not a mandate status"))?),
+        None => None,
+    };
+    let filter = store::Filter { status, customer_id: q.customer_id, reference: q.reference, before, limit };
+    let db = state.db.clone();
+    let rows = detached(async move { store::list(&db, &filter).await }).await?;
+    Ok(Json(List::new(rows, limit, |m| m.id)))
+}
+
+/// Revokes an active mandate: no charge is accepted on it afterwards. Moment documents no
+/// API to cancel a mandate, so this is enforced here.
+pub async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Mandate>, ApiError> {
+    let id = parse_id(&id, "mandate")?;
+    let db = state.db.clone();
+    let (revoked, current) = detached(async move {
+        let revoked = store::revoke(&db, id).await?;
+        let current = if revoked.is_none() { store::by_id(&db, id).await? } else { None };
+        Ok::<_, sqlx::Error>((revoked, current))
+    })
+    .await?;
+    match (revoked, current) {
+        (Some(m), _) => {
+            tracing::info!(mandate_id = %m.id, "mandate revoked");
+            Ok(Json(m))
+        }
+        (None, Some(m)) => Err(ApiError::Conflict(format!("only an active mandate can be revoked; this one is {}", m.status))),
+        (None, None) => Err(ApiError::NotFound("mandate")),
+    }
+}
+
+/// Where Moment sends the customer after checkout. The state comes from Moment (fetched
+/// now), never from the query string; then the customer goes on to the merchant's page.
+pub async fn customer_return(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id, "mandate")?;
+    let st = state.clone();
+    let mandate = detached(async move { flow::refresh(&st, id).await }).await?;
+    let target = mandate.return_url.clone().or_else(|| state.settings.default_return_url.clone());
+    let Some(target) = target else {
+        return Ok(Json(serde_json::json!({ "mandate_id": mandate.id, "status": mandate.status })).into_response());
+    };
+    let mut url = url::Url::parse(&target).map_err(|e| ApiError::Internal(e.into()))?;
+    url.query_pairs_mut().append_pair("mandate_id", &mandate.id.to_string()).append_pair("status", mandate.status.as_str());
+    Ok(Redirect::to(url.as_str()).into_response())
+}

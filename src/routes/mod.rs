@@ -1,0 +1,159 @@
+//! HTTP handlers, and the request parsing and checks they share.
+
+pub mod charges;
+pub mod health;
+pub mod mandates;
+pub mod webhooks;
+
+use std::collections::BTreeMap;
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// A JSON body: `application/json` required, unknown fields refused (by the target types),
+/// and every failure a problem details answer naming the offending field.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::Malformed { field: None, detail: e.body_text() })?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        match serde_path_to_error::deserialize(de) {
+            Ok(v) => Ok(Self(v)),
+            Err(e) => {
+                let path = e.path().to_string();
+                let field = (path != ".").then_some(path);
+                let inner = e.into_inner();
+                let detail = inner.to_string();
+                Err(if inner.is_data() { ApiError::Invalid { field, detail } } else { ApiError::Malformed { field: None, detail } })
+            }
+        }
+    }
+}
+
+/// SHA-256 of the request as parsed, so a retry is compared by meaning, not formatting.
+pub fn request_hash(req: &impl Serialize) -> String {
+    let bytes = serde_json::to_vec(req).expect("request types serialize");
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    const FIELD: &str = "Idempotency-Key";
+    let Some(value) = headers.get(FIELD) else { return Ok(None) };
+    let key = value.to_str().map_err(|_| ApiError::malformed(FIELD, "must be visible ASCII"))?;
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::malformed(FIELD, "must be 1 to 255 visible ASCII characters"));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// A resource id from the path; anything that is not one of ours is simply not found.
+pub fn parse_id(raw: &str, what: &'static str) -> Result<Uuid, ApiError> {
+    raw.parse().map_err(|_| ApiError::NotFound(what))
+}
+
+/// ISO 4217 form: three capital letters.
+pub fn check_currency(field: &str, currency: &str) -> Result<(), ApiError> {
+    if currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(field, "must be an ISO 4217 code such as ZAR"))
+    }
+}
+
+/// Moment's limits: at most 20 pairs, keys of 1 to 50 characters, values of 1 to 500.
+pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if metadata.len() > 20 {
+        return Err(ApiError::invalid("metadata", "at most 20 keys"));
+    }
+    for (k, v) in metadata {
+        if k.is_empty() || k.chars().count() > 50 {
+            return Err(ApiError::invalid("metadata", "keys must be 1 to 50 characters"));
+        }
+        if v.is_empty() || v.chars().count() > 500 {
+            return Err(ApiError::invalid(&format!("metadata.{k}"), "values must be 1 to 500 characters"));
+        }
+    }
+    Ok(())
+}
+
+/// The merchant's own reference: 1 to 255 characters.
+pub fn check_reference(reference: Option<&str>) -> Result<(), ApiError> {
+    match reference {
+        Some(r) if r.is_empty() || r.chars().count() > 255 => Err(ApiError::invalid("reference", "must be 1 to 255 characters")),
+        _ => Ok(()),
+    }
+}
+
+/// Cursor pagination parameters shared by the list endpoints.
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+/// Items per page when `limit` is not given, and the most allowed.
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 100;
+
+impl Page {
+    /// `(limit, cursor)` checked.
+    pub fn parse(&self) -> Result<(i64, Option<Uuid>), ApiError> {
+        let limit = match &self.limit {
+            None => DEFAULT_LIMIT,
+            Some(l) => l
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| ApiError::malformed("limit", format!("must be a number from 1 to {MAX_LIMIT}")))?,
+        };
+        let cursor = match &self.cursor {
+            None => None,
+            Some(c) => Some(c.parse().map_err(|_| ApiError::malformed("cursor", "not a cursor returned by this API"))?),
+        };
+        Ok((limit, cursor))
+    }
+}
+
+/// A page of results; `next_cursor` is null on the last page.
+#[derive(Debug, Serialize)]
+pub struct List<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T> List<T> {
+    pub fn new(data: Vec<T>, limit: i64, id: impl Fn(&T) -> Uuid) -> Self {
+        let next_cursor = (data.len() as i64 == limit).then(|| data.last().map(|t| id(t).to_string())).flatten();
+        Self { data, next_cursor }
+    }
+}
+
+/// Maps a query string rejection to problem details.
+pub fn bad_query(e: axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::Malformed { field: None, detail: e.body_text() }
+}

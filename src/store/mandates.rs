@@ -1,0 +1,183 @@
+//! SQL for the `mandate` table.
+
+use std::collections::BTreeMap;
+
+use sqlx::types::Json;
+use sqlx::{PgExecutor, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::domain::{Mandate, MandateStatus, Transition};
+use crate::moment::wire::Session;
+
+/// A mandate as the merchant asked for it.
+pub struct NewMandate<'a> {
+    pub id: Uuid,
+    pub amount: i64,
+    pub currency: &'a str,
+    pub reference: Option<&'a str>,
+    pub metadata: &'a BTreeMap<String, String>,
+    pub customer_name: &'a str,
+    pub customer_email: &'a str,
+    pub return_url: Option<&'a str>,
+    pub idempotency_key: Option<&'a str>,
+    pub request_hash: &'a str,
+    pub lease_secs: f64,
+}
+
+/// Inserts a pending mandate holding the creation lease. `None` when its idempotency key is
+/// taken already.
+pub async fn insert(conn: impl PgExecutor<'_>, m: &NewMandate<'_>) -> sqlx::Result<Option<Mandate>> {
+    sqlx::query_as(
+        "insert into mandate (id, amount, currency, reference, metadata, customer_name, customer_email,
+                              return_url, idempotency_key, request_hash, locked_until)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11))
+         on conflict (idempotency_key) do nothing
+         returning *",
+    )
+    .bind(m.id)
+    .bind(m.amount)
+    .bind(m.currency)
+    .bind(m.reference)
+    .bind(Json(m.metadata))
+    .bind(m.customer_name)
+    .bind(m.customer_email)
+    .bind(m.return_url)
+    .bind(m.idempotency_key)
+    .bind(m.request_hash)
+    .bind(m.lease_secs)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn by_id(conn: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Mandate>> {
+    sqlx::query_as("select * from mandate where id = $1").bind(id).fetch_optional(conn).await
+}
+
+pub async fn by_idempotency_key(conn: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Option<Mandate>> {
+    sqlx::query_as("select * from mandate where idempotency_key = $1").bind(key).fetch_optional(conn).await
+}
+
+/// Takes the creation lease of a pending mandate that has no session yet, unless someone
+/// else holds it.
+pub async fn claim(conn: impl PgExecutor<'_>, id: Uuid, lease_secs: f64) -> sqlx::Result<Option<Mandate>> {
+    sqlx::query_as(
+        "update mandate set locked_until = now() + make_interval(secs => $2)
+         where id = $1 and status = 'pending' and session_id is null
+           and (locked_until is null or locked_until < now())
+         returning *",
+    )
+    .bind(id)
+    .bind(lease_secs)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Records the session Moment created for the mandate and releases the lease.
+pub async fn record_session(conn: impl PgExecutor<'_>, id: Uuid, session: &Session) -> sqlx::Result<Mandate> {
+    sqlx::query_as(
+        "update mandate set session_id = $2, checkout_url = $3,
+                customer_id = coalesce(customer_id, $4), locked_until = null, updated_at = now()
+         where id = $1
+         returning *",
+    )
+    .bind(id)
+    .bind(&session.id)
+    .bind(&session.session_url)
+    .bind(&session.customer_id)
+    .fetch_one(conn)
+    .await
+}
+
+/// Releases the creation lease without a session (Moment gave no answer).
+pub async fn release(conn: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("update mandate set locked_until = null where id = $1").bind(id).execute(conn).await?;
+    Ok(())
+}
+
+/// Marks a pending mandate failed because Moment refused its session.
+pub async fn fail(conn: impl PgExecutor<'_>, id: Uuid, failure: &serde_json::Value) -> sqlx::Result<Mandate> {
+    sqlx::query_as(
+        "update mandate set status = 'failed', failure = $2, locked_until = null, updated_at = now()
+         where id = $1 and status = 'pending'
+         returning *",
+    )
+    .bind(id)
+    .bind(Json(failure))
+    .fetch_one(conn)
+    .await
+}
+
+/// Applies a session's transition to the mandate it belongs to. Returns the mandate when the
+/// transition moved it; `Ok(None)` when it did not move (already further along, or unknown).
+pub async fn apply(conn: impl PgExecutor<'_>, t: &Transition<MandateStatus>) -> sqlx::Result<Option<Mandate>> {
+    let from: Vec<&str> = t.from.iter().map(|s| s.as_str()).collect();
+    sqlx::query_as(
+        "update mandate set status = $3, session_id = coalesce(session_id, $2),
+                customer_id = coalesce($4, customer_id), payment_method_id = coalesce($5, payment_method_id),
+                payment_id = coalesce($6, payment_id), failure = coalesce($7, failure),
+                locked_until = null, updated_at = now()
+         where (id = $1 or session_id = $2) and status = any($8)
+         returning *",
+    )
+    .bind(t.external_reference)
+    .bind(&t.session_id)
+    .bind(t.to)
+    .bind(&t.customer_id)
+    .bind(&t.payment_method_id)
+    .bind(&t.payment_id)
+    .bind(t.failure.as_ref().map(Json))
+    .bind(from)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Whether a mandate matching the transition's id or session exists.
+pub async fn exists_for(conn: impl PgExecutor<'_>, t: &Transition<MandateStatus>) -> sqlx::Result<bool> {
+    sqlx::query_scalar("select exists (select 1 from mandate where id = $1 or session_id = $2)")
+        .bind(t.external_reference)
+        .bind(&t.session_id)
+        .fetch_one(conn)
+        .await
+}
+
+/// Revokes an active mandate; revoking a revoked one changes nothing.
+pub async fn revoke(conn: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Mandate>> {
+    sqlx::query_as(
+        "update mandate set status = 'revoked', updated_at = case when status = 'revoked' then updated_at else now() end
+         where id = $1 and status in ('active', 'revoked')
+         returning *",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Filters of `GET /mandates`.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub status: Option<MandateStatus>,
+    pub customer_id: Option<String>,
+    pub reference: Option<String>,
+    /// Only mandates older than this one (the cursor).
+    pub before: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// Newest first.
+pub async fn list(conn: impl PgExecutor<'_>, f: &Filter) -> sqlx::Result<Vec<Mandate>> {
+    let mut q = QueryBuilder::<Postgres>::new("select * from mandate where true");
+    if let Some(status) = f.status {
+        q.push(" and status = ").push_bind(status);
+    }
+    if let Some(customer_id) = &f.customer_id {
+        q.push(" and customer_id = ").push_bind(customer_id);
+    }
+    if let Some(reference) = &f.reference {
+        q.push(" and reference = ").push_bind(reference);
+    }
+    if let Some(before) = f.before {
+        q.push(" and id < ").push_bind(before);
+    }
+    q.push(" order by id desc limit ").push_bind(f.limit);
+    q.build_query_as().fetch_all(conn).await
+}

@@ -1,0 +1,153 @@
+//! Charging a mandate (a `next_in_series` session): exactly once, whatever fails on the way.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{LEASE_SECS, events, refusal};
+use crate::app::AppState;
+use crate::domain::{Charge, ChargeStatus, MandateStatus};
+use crate::error::ApiError;
+use crate::moment::MomentError;
+use crate::moment::wire::{CreateSessionRequest, SessionOptions, SessionType};
+use crate::store::charges::{self, NewCharge};
+use crate::store::mandates;
+
+/// Moment keeps idempotency keys 24 hours; a charge is resent under its key only within this
+/// window (seconds), leaving an hour of margin. Past it, a pending charge waits for its
+/// webhook or an operator, because a resend could charge twice.
+pub const RESEND_WINDOW_SECS: f64 = 23.0 * 3600.0;
+
+/// A validated `POST /charges`.
+#[derive(Debug, Clone)]
+pub struct ChargeRequest {
+    pub mandate_id: Uuid,
+    pub amount: Option<i64>,
+    pub currency: Option<String>,
+    pub reference: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The answer for the merchant: status, body, and whether it is a replay.
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub replayed: bool,
+}
+
+/// Records the charge under the merchant's key, sends it to Moment, and keeps the answer so
+/// that a retry under the same key gets the same one without a second call to Moment.
+pub async fn create(state: &AppState, req: ChargeRequest, key: String, hash: String) -> Result<Answer, ApiError> {
+    if let Some(existing) = charges::by_idempotency_key(&state.db, &key).await? {
+        return resume(state, existing, &hash).await;
+    }
+    let mandate = mandates::by_id(&state.db, req.mandate_id).await?.ok_or(ApiError::NotFound("mandate"))?;
+    if mandate.status != MandateStatus::Active {
+        return Err(ApiError::Conflict(format!("the mandate is {}, not active", mandate.status)));
+    }
+    if let Some(currency) = &req.currency
+        && *currency != mandate.currency
+    {
+        return Err(ApiError::invalid("currency", format!("the mandate is in {}", mandate.currency)));
+    }
+    let (Some(customer_id), Some(payment_method_id)) = (&mandate.customer_id, &mandate.payment_method_id) else {
+        return Err(ApiError::Conflict("the mandate has no saved payment method".into()));
+    };
+    let new = NewCharge {
+        id: Uuid::now_v7(),
+        mandate_id: mandate.id,
+        amount: req.amount.unwrap_or(mandate.amount),
+        currency: &mandate.currency,
+        reference: req.reference.as_deref(),
+        metadata: &req.metadata,
+        customer_id,
+        payment_method_id,
+        idempotency_key: &key,
+        request_hash: &hash,
+        lease_secs: LEASE_SECS,
+    };
+    let Some(charge) = charges::insert(&state.db, &new).await? else {
+        // Either a concurrent request took the key, or the mandate stopped being active.
+        return match charges::by_idempotency_key(&state.db, &key).await? {
+            Some(existing) => resume(state, existing, &hash).await,
+            None => Err(ApiError::Conflict("the mandate is no longer active".into())),
+        };
+    };
+    tracing::info!(charge_id = %charge.id, mandate_id = %charge.mandate_id, "charge recorded");
+    let charge = send(state, charge).await?;
+    answer(state, &charge, false).await
+}
+
+/// A retry under a known key.
+async fn resume(state: &AppState, existing: Charge, hash: &str) -> Result<Answer, ApiError> {
+    if existing.request_hash != hash {
+        return Err(ApiError::IdempotencyMismatch);
+    }
+    if let (Some(status), Some(body)) = (existing.response_status, &existing.response_body)
+        && status != 202
+    {
+        return Ok(Answer { status: status as u16, body: body.0.clone(), replayed: true });
+    }
+    // The first answer was "outcome unknown" (202), or the first request died before
+    // answering: finish the job under the same Moment key.
+    if existing.status != ChargeStatus::Pending {
+        return answer(state, &existing, true).await;
+    }
+    let claimed = charges::claim(&state.db, existing.id, LEASE_SECS).await?.ok_or(ApiError::IdempotencyInFlight)?;
+    let charge = send(state, claimed).await?;
+    answer(state, &charge, true).await
+}
+
+async fn answer(state: &AppState, charge: &Charge, replayed: bool) -> Result<Answer, ApiError> {
+    let status = charge.http_status();
+    let body = serde_json::to_value(charge).map_err(anyhow::Error::from)?;
+    charges::store_response(&state.db, charge.id, status, &body).await?;
+    Ok(Answer { status, body, replayed })
+}
+
+/// Sends a charge the caller holds the lease of to Moment, under the charge's own key, and
+/// records what came of it. Moment's silence leaves it pending, to be sent again later.
+pub async fn send(state: &AppState, charge: Charge) -> sqlx::Result<Charge> {
+    let id = charge.id.to_string();
+    let req = CreateSessionRequest {
+        kind: SessionType::NextInSeries,
+        amount: charge.amount,
+        currency: charge.currency.clone(),
+        options: SessionOptions::NextInSeries {
+            customer: charge.customer_id.clone(),
+            payment_method: charge.payment_method_id.clone(),
+        },
+        external_reference: Some(id.clone()),
+        metadata: charge.metadata.0.clone(),
+    };
+    match state.moment.create_session(&req, &id).await {
+        Ok(session) => {
+            let mut recorded = charges::record_session(&state.db, charge.id, &session).await?;
+            tracing::info!(charge_id = %id, session_id = %session.id, "charge accepted by Moment");
+            // The answer may already carry the outcome, and a webhook may have beaten us here.
+            let moved = events::apply_snapshot(&state.db, &session).await? == events::Applied::Moved;
+            if events::apply_deferred(&state.db, Some(&session.id)).await? > 0 || moved {
+                recorded = charges::by_id(&state.db, charge.id).await?.unwrap_or(recorded);
+            }
+            Ok(recorded)
+        }
+        Err(MomentError::Rejected { status, problem }) => {
+            tracing::warn!(charge_id = %id, status, "charge refused by Moment");
+            charges::fail(&state.db, charge.id, &refusal(status, &problem)).await
+        }
+        Err(MomentError::Unavailable(reason)) => {
+            let delay = resend_delay(charge.attempts);
+            tracing::warn!(charge_id = %id, reason, delay_secs = delay, "charge outcome unknown; will resend");
+            charges::defer(&state.db, charge.id, delay).await
+        }
+    }
+}
+
+/// Seconds before the worker resends a charge after `attempts` unanswered sends: 5 s
+/// doubling to at most 10 minutes, with ±20% jitter so a Moment outage does not end in a
+/// thundering herd.
+fn resend_delay(attempts: i32) -> f64 {
+    let base = (5.0 * 2f64.powi(attempts.clamp(0, 10))).min(600.0);
+    base * (0.8 + 0.4 * fastrand::f64())
+}
