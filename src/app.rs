@@ -47,8 +47,16 @@ pub struct AppState {
 impl AppState {
     /// Builds the state from checked settings. Consumes the webhook secrets.
     pub fn new(config: &mut Config, db: PgPool) -> anyhow::Result<Self> {
-        let retry = RetryPolicy { max_attempts: config.moment_max_attempts, ..RetryPolicy::default() };
-        let moment = MomentClient::new(&config.moment_api_url, config.moment_secret_key.clone(), config.moment_timeout, retry)?;
+        let retry = RetryPolicy {
+            max_attempts: config.moment_max_attempts,
+            ..RetryPolicy::default()
+        };
+        let moment = MomentClient::new(
+            &config.moment_api_url,
+            config.moment_secret_key.clone(),
+            config.moment_timeout,
+            retry,
+        )?;
         let secrets: Vec<WebhookSecret> = std::mem::take(&mut config.webhook_secrets);
         Ok(Self {
             db,
@@ -74,7 +82,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/mandates/{id}/revoke", post(mandates::revoke))
         .route("/charges", post(charges::create).get(charges::list))
         .route("/charges/{id}", get(charges::show))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
     let public = Router::new()
         .route("/mandates/{id}/return", get(mandates::customer_return))
         .route("/webhooks/moment", post(webhooks::receive))
@@ -83,8 +94,15 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let trace = TraceLayer::new_for_http()
         .make_span_with(|req: &Request| {
             // The route template, never the raw URI: paths and queries can carry ids and more.
-            let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
-            let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", |p| p.as_str());
+            let request_id = req
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             tracing::info_span!("request", method = %req.method(), route, request_id)
         })
         .on_request(())
@@ -93,7 +111,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .merge(public)
         .layer(middleware::map_response(problem_fallback))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -103,13 +124,19 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
 /// Connects (creating and migrating the database unless told not to), starts the worker,
 /// and serves on `listener` until `shutdown` completes; then drains in-flight requests and
 /// lets the worker finish its run.
-pub async fn run(mut config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    mut config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let db = db::connect(&config.db, config.migrate).await?;
     let state = AppState::new(&mut config, db)?;
     let (stop_worker, stopped) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(worker::run(state.clone(), config.worker_interval, stopped));
     tracing::info!(addr = %listener.local_addr()?, public_url = %config.public_url, "listening");
-    axum::serve(listener, router(state, config.request_timeout)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, router(state, config.request_timeout))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     let _ = stop_worker.send(true);
     let _ = worker.await;
     tracing::info!("stopped");

@@ -17,23 +17,39 @@ pub struct ApiKeys(Vec<[u8; 32]>);
 
 impl ApiKeys {
     pub fn new(keys: &[SecretString]) -> Self {
-        Self(keys.iter().map(|k| Sha256::digest(k.expose_secret().as_bytes()).into()).collect())
+        Self(
+            keys.iter()
+                .map(|k| Sha256::digest(k.expose_secret().as_bytes()).into())
+                .collect(),
+        )
     }
 
     /// True when `token` is one of the keys. Every key is compared, match or not.
     pub fn accepts(&self, token: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.0.iter().fold(subtle::Choice::from(0), |found, key| found | key.ct_eq(&digest)).into()
+        self.0
+            .iter()
+            .fold(subtle::Choice::from(0), |found, key| {
+                found | key.ct_eq(&digest)
+            })
+            .into()
     }
 }
 
 /// Middleware: refuses a request without an accepted `Authorization: Bearer` key.
-pub async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_api_key(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     match token {
         Some(t) if !t.is_empty() && state.settings.api_keys.accepts(t) => Ok(next.run(req).await),

@@ -17,7 +17,11 @@ use crate::moment::signature::WebhookSecret;
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/moment_mandates";
 
 #[derive(Parser)]
-#[command(name = "moment-mandates", version, about = "Recurring payments through Moment: mandates, webhooks and charges")]
+#[command(
+    name = "moment-mandates",
+    version,
+    about = "Recurring payments through Moment: mandates, webhooks and charges"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -58,7 +62,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Moment's API base URL.
-    #[arg(long, env = "MOMENT_API_URL", default_value = "https://api.momentpay.net")]
+    #[arg(
+        long,
+        env = "MOMENT_API_URL",
+        default_value = "https://api.momentpay.net"
+    )]
     pub moment_api_url: String,
     /// Moment secret API key (sk_test_… or sk_…). Required.
     #[arg(long, env = "MOMENT_SECRET_KEY", hide_env_values = true)]
@@ -102,7 +110,10 @@ pub struct ConfigError {
 }
 
 fn bad(var: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { var, reason: reason.into() }
+    ConfigError {
+        var,
+        reason: reason.into(),
+    }
 }
 
 /// Log output format.
@@ -133,7 +144,10 @@ pub struct Config {
 }
 
 fn number<T: std::str::FromStr>(var: &'static str, value: &str) -> Result<T, ConfigError> {
-    value.trim().parse().map_err(|_| bad(var, format!("{value:?} is not a valid number")))
+    value
+        .trim()
+        .parse()
+        .map_err(|_| bad(var, format!("{value:?} is not a valid number")))
 }
 
 fn positive_secs(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
@@ -154,8 +168,13 @@ fn required(var: &'static str, value: Option<&str>) -> Result<String, ConfigErro
 /// An absolute http(s) URL, returned without a trailing slash.
 pub fn http_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
     match url::Url::parse(value.trim()) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(u.as_str().trim_end_matches('/').to_owned()),
-        _ => Err(bad(var, format!("{value:?} is not an absolute http(s) URL"))),
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            Ok(u.as_str().trim_end_matches('/').to_owned())
+        }
+        _ => Err(bad(
+            var,
+            format!("{value:?} is not an absolute http(s) URL"),
+        )),
     }
 }
 
@@ -165,14 +184,18 @@ impl DbArgs {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(bad("DATABASE_URL", "must be a postgres:// URL"));
         }
-        let max_connections: u32 = number("DATABASE_MAX_CONNECTIONS", &self.database_max_connections)?;
+        let max_connections: u32 =
+            number("DATABASE_MAX_CONNECTIONS", &self.database_max_connections)?;
         if max_connections == 0 {
             return Err(bad("DATABASE_MAX_CONNECTIONS", "must be at least 1"));
         }
         Ok(DbConfig {
             url: url.into(),
             max_connections,
-            acquire_timeout: positive_secs("DATABASE_ACQUIRE_TIMEOUT_SECS", &self.database_acquire_timeout_secs)?,
+            acquire_timeout: positive_secs(
+                "DATABASE_ACQUIRE_TIMEOUT_SECS",
+                &self.database_acquire_timeout_secs,
+            )?,
         })
     }
 }
@@ -181,23 +204,30 @@ impl ServeArgs {
     /// Checks every setting; the first bad one is the error.
     pub fn config(&self) -> Result<Config, ConfigError> {
         let db = self.db.config()?;
-        let listen_addr: SocketAddr = self
-            .listen_addr
-            .trim()
-            .parse()
-            .map_err(|_| bad("LISTEN_ADDR", format!("{:?} is not a host:port socket address", self.listen_addr)))?;
+        let listen_addr: SocketAddr = self.listen_addr.trim().parse().map_err(|_| {
+            bad(
+                "LISTEN_ADDR",
+                format!("{:?} is not a host:port socket address", self.listen_addr),
+            )
+        })?;
         let public_url = match &self.public_url {
             Some(u) if !u.trim().is_empty() => http_url("PUBLIC_URL", u)?,
             _ => format!("http://{listen_addr}"),
         };
         let moment_api_url = http_url("MOMENT_API_URL", &self.moment_api_url)?;
         let moment_secret_key = required("MOMENT_SECRET_KEY", self.moment_secret_key.as_deref())?;
-        let webhook_secrets = required("MOMENT_WEBHOOK_SECRETS", self.moment_webhook_secrets.as_deref())?
-            .split([',', ' '])
-            .filter(|s| !s.is_empty())
-            .map(|s| WebhookSecret::parse(s).map_err(|e| bad("MOMENT_WEBHOOK_SECRETS", e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        let tolerance: u64 = number("MOMENT_WEBHOOK_TOLERANCE_SECS", &self.moment_webhook_tolerance_secs)?;
+        let webhook_secrets = required(
+            "MOMENT_WEBHOOK_SECRETS",
+            self.moment_webhook_secrets.as_deref(),
+        )?
+        .split([',', ' '])
+        .filter(|s| !s.is_empty())
+        .map(|s| WebhookSecret::parse(s).map_err(|e| bad("MOMENT_WEBHOOK_SECRETS", e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+        let tolerance: u64 = number(
+            "MOMENT_WEBHOOK_TOLERANCE_SECS",
+            &self.moment_webhook_tolerance_secs,
+        )?;
         let api_keys: Vec<SecretString> = required("API_KEYS", self.api_keys.as_deref())?
             .split(',')
             .map(str::trim)
@@ -218,7 +248,12 @@ impl ServeArgs {
         let log_format = match self.log_format.trim() {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
-            other => return Err(bad("LOG_FORMAT", format!("{other:?} is neither json nor text"))),
+            other => {
+                return Err(bad(
+                    "LOG_FORMAT",
+                    format!("{other:?} is neither json nor text"),
+                ));
+            }
         };
         Ok(Config {
             db,
@@ -278,9 +313,30 @@ mod tests {
     fn bad_settings_name_their_variable_and_hide_secrets() {
         let cases: &[(&[&str], &str)] = &[
             (&["--api-keys", "k"], "MOMENT_SECRET_KEY"),
-            (&["--moment-secret-key", "sk", "--api-keys", "k"], "MOMENT_WEBHOOK_SECRETS"),
-            (&["--moment-secret-key", "sk", "--moment-webhook-secrets", "whsec_!!!", "--api-keys", "k"], "MOMENT_WEBHOOK_SECRETS"),
-            (&["--moment-secret-key", "sk", "--moment-webhook-secrets", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"], "API_KEYS"),
+            (
+                &["--moment-secret-key", "sk", "--api-keys", "k"],
+                "MOMENT_WEBHOOK_SECRETS",
+            ),
+            (
+                &[
+                    "--moment-secret-key",
+                    "sk",
+                    "--moment-webhook-secrets",
+                    "whsec_!!!",
+                    "--api-keys",
+                    "k",
+                ],
+                "MOMENT_WEBHOOK_SECRETS",
+            ),
+            (
+                &[
+                    "--moment-secret-key",
+                    "sk",
+                    "--moment-webhook-secrets",
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                ],
+                "API_KEYS",
+            ),
         ];
         for (argv, var) in cases {
             let err = args(argv).config().err().expect("must fail");

@@ -27,9 +27,18 @@ pub struct DbConfig {
 pub async fn connect(config: &DbConfig, migrate: bool) -> anyhow::Result<PgPool> {
     let url = config.url.expose_secret();
     let options: PgConnectOptions = url.parse().context("DATABASE_URL is not a Postgres URL")?;
-    if migrate && !Postgres::database_exists(url).await.context("cannot reach Postgres")? {
-        Postgres::create_database(url).await.context("cannot create the database")?;
-        tracing::info!(database = options.get_database().unwrap_or_default(), "database created");
+    if migrate
+        && !Postgres::database_exists(url)
+            .await
+            .context("cannot reach Postgres")?
+    {
+        Postgres::create_database(url)
+            .await
+            .context("cannot create the database")?;
+        tracing::info!(
+            database = options.get_database().unwrap_or_default(),
+            "database created"
+        );
     }
     let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
@@ -41,7 +50,10 @@ pub async fn connect(config: &DbConfig, migrate: bool) -> anyhow::Result<PgPool>
         .await
         .context("cannot connect to Postgres")?;
     if migrate {
-        MIGRATOR.run(&pool).await.context("cannot apply migrations")?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .context("cannot apply migrations")?;
         tracing::info!(migrations = MIGRATOR.iter().count(), "migrations applied");
     }
     Ok(pool)
@@ -49,10 +61,14 @@ pub async fn connect(config: &DbConfig, migrate: bool) -> anyhow::Result<PgPool>
 
 /// True when every embedded migration has been applied successfully.
 pub async fn migrations_applied(pool: &PgPool) -> sqlx::Result<bool> {
-    let applied: Vec<i64> = sqlx::query_scalar("select version from _sqlx_migrations where success order by version")
-        .fetch_all(pool)
-        .await?;
-    Ok(MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).all(|m| applied.contains(&m.version)))
+    let applied: Vec<i64> =
+        sqlx::query_scalar("select version from _sqlx_migrations where success order by version")
+            .fetch_all(pool)
+            .await?;
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .all(|m| applied.contains(&m.version)))
 }
 
 /// Runs `work` in its own task and waits for it. If the caller is dropped (the client hung

@@ -14,10 +14,16 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub enum ApiError {
     /// The body or a parameter is well-formed but not acceptable.
     #[error("{detail}")]
-    Invalid { field: Option<String>, detail: String },
+    Invalid {
+        field: Option<String>,
+        detail: String,
+    },
     /// The body is not JSON, or a header or parameter cannot be read.
     #[error("{detail}")]
-    Malformed { field: Option<String>, detail: String },
+    Malformed {
+        field: Option<String>,
+        detail: String,
+    },
     #[error("the request body must be application/json")]
     UnsupportedMediaType,
     #[error("a valid API key is required: Authorization: Bearer <key>")]
@@ -47,16 +53,24 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(field: &str, detail: impl Into<String>) -> Self {
-        Self::Invalid { field: Some(field.to_owned()), detail: detail.into() }
+        Self::Invalid {
+            field: Some(field.to_owned()),
+            detail: detail.into(),
+        }
     }
 
     pub fn malformed(field: &str, detail: impl Into<String>) -> Self {
-        Self::Malformed { field: Some(field.to_owned()), detail: detail.into() }
+        Self::Malformed {
+            field: Some(field.to_owned()),
+            detail: detail.into(),
+        }
     }
 
     fn status(&self) -> StatusCode {
         match self {
-            Self::Invalid { .. } | Self::IdempotencyMismatch | Self::MomentRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Invalid { .. } | Self::IdempotencyMismatch | Self::MomentRejected(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::Malformed { .. } => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -64,7 +78,9 @@ impl ApiError {
             Self::Conflict(_) | Self::IdempotencyInFlight => StatusCode::CONFLICT,
             Self::Webhook(e) if e.is_malformed() => StatusCode::BAD_REQUEST,
             Self::Webhook(_) => StatusCode::UNAUTHORIZED,
-            Self::MomentUnavailable | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MomentUnavailable | Self::DatabaseUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -93,9 +109,10 @@ impl ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
-                Self::DatabaseUnavailable(e)
-            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_) => Self::DatabaseUnavailable(e),
             other => Self::Internal(other.into()),
         }
     }
@@ -130,7 +147,8 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, axum::Json(self)).into_response();
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         resp
     }
 }
@@ -151,10 +169,12 @@ impl IntoResponse for ApiError {
         };
         let mut resp = Problem::new(status, self.slug(), self.to_string(), field).into_response();
         if status == StatusCode::UNAUTHORIZED && matches!(self, Self::Unauthorized) {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         resp
     }
@@ -164,7 +184,10 @@ impl IntoResponse for ApiError {
 /// method, body too large, timeout) a problem details body of its own status.
 pub async fn problem_fallback(resp: Response) -> Response {
     let status = resp.status();
-    let is_problem = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
         return resp;
     }
@@ -175,7 +198,11 @@ pub async fn problem_fallback(resp: Response) -> Response {
         StatusCode::REQUEST_TIMEOUT => "the request took too long".to_owned(),
         s => s.canonical_reason().unwrap_or("error").to_lowercase(),
     };
-    let slug = status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "-");
+    let slug = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_lowercase()
+        .replace(' ', "-");
     let mut out = Problem::new(status, &slug, detail, None).into_response();
     for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
         if let Some(v) = resp.headers().get(&name) {

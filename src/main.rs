@@ -20,7 +20,12 @@ async fn main() -> ExitCode {
             telemetry::init(config.log_format);
             let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
                 Ok(l) => l,
-                Err(e) => return fail(&format!("LISTEN_ADDR: cannot listen on {}: {e}", config.listen_addr)),
+                Err(e) => {
+                    return fail(&format!(
+                        "LISTEN_ADDR: cannot listen on {}: {e}",
+                        config.listen_addr
+                    ));
+                }
             };
             report(app::run(config, listener, app::shutdown_signal()).await)
         }

@@ -23,8 +23,17 @@ pub struct Tally {
 
 /// One pass over the pending work.
 pub async fn run_once(state: &AppState) -> sqlx::Result<Tally> {
-    let due = charges::claim_due(&state.db, BATCH, LEASE_SECS, charge_flow::RESEND_WINDOW_SECS).await?;
-    let mut tally = Tally { charges_resent: due.len(), ..Tally::default() };
+    let due = charges::claim_due(
+        &state.db,
+        BATCH,
+        LEASE_SECS,
+        charge_flow::RESEND_WINDOW_SECS,
+    )
+    .await?;
+    let mut tally = Tally {
+        charges_resent: due.len(),
+        ..Tally::default()
+    };
     for charge in due {
         charge_flow::send(state, charge).await?;
     }
@@ -42,7 +51,11 @@ pub async fn run(state: AppState, interval: Duration, mut shutdown: watch::Recei
         }
         let st = state.clone();
         match db::detached(async move { run_once(&st).await }).await {
-            Ok(t) if t != Tally::default() => tracing::info!(charges_resent = t.charges_resent, events_applied = t.events_applied, "worker run"),
+            Ok(t) if t != Tally::default() => tracing::info!(
+                charges_resent = t.charges_resent,
+                events_applied = t.events_applied,
+                "worker run"
+            ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "worker run failed; will retry"),
         }

@@ -46,9 +46,9 @@ impl Effect {
             SessionType::FirstInSeries => {
                 let to = match status {
                     SessionStatus::Completed => match outcome? {
-                        PaymentOutcome::Paid | PaymentOutcome::PaymentMethodVerified | PaymentOutcome::Reserved => {
-                            MandateStatus::Active
-                        }
+                        PaymentOutcome::Paid
+                        | PaymentOutcome::PaymentMethodVerified
+                        | PaymentOutcome::Reserved => MandateStatus::Active,
                         PaymentOutcome::Unpaid => MandateStatus::Failed,
                         _ => return None,
                     },
@@ -57,21 +57,33 @@ impl Effect {
                     SessionStatus::Active | SessionStatus::Unknown => return None,
                 };
                 // A mandate without both ids cannot be charged: do not call it active.
-                if to == MandateStatus::Active && (session.customer_id.is_none() || session.payment_method_id.is_none()) {
+                if to == MandateStatus::Active
+                    && (session.customer_id.is_none() || session.payment_method_id.is_none())
+                {
                     return None;
                 }
-                Some(Effect::Mandate(transition(session, to, &[MandateStatus::Pending])))
+                Some(Effect::Mandate(transition(
+                    session,
+                    to,
+                    &[MandateStatus::Pending],
+                )))
             }
             SessionType::NextInSeries => {
                 const OPEN: &[ChargeStatus] = &[ChargeStatus::Pending, ChargeStatus::Processing];
                 let (to, from) = match status {
                     SessionStatus::Completed => match outcome? {
-                        PaymentOutcome::Paid | PaymentOutcome::Reserved => (ChargeStatus::Succeeded, OPEN),
+                        PaymentOutcome::Paid | PaymentOutcome::Reserved => {
+                            (ChargeStatus::Succeeded, OPEN)
+                        }
                         PaymentOutcome::Unpaid => (ChargeStatus::Failed, OPEN),
                         _ => return None,
                     },
-                    SessionStatus::Expired | SessionStatus::Cancelled => (ChargeStatus::Failed, OPEN),
-                    SessionStatus::Active => (ChargeStatus::Processing, &[ChargeStatus::Pending][..]),
+                    SessionStatus::Expired | SessionStatus::Cancelled => {
+                        (ChargeStatus::Failed, OPEN)
+                    }
+                    SessionStatus::Active => {
+                        (ChargeStatus::Processing, &[ChargeStatus::Pending][..])
+                    }
                     SessionStatus::Unknown => return None,
                 };
                 let mut t = transition(session, to, from);
@@ -81,7 +93,9 @@ impl Effect {
                         SessionStatus::Cancelled => "session_cancelled",
                         _ => "payment_failed",
                     };
-                    t.failure = Some(json!({ "code": code, "message": "Moment reported the payment as unpaid" }));
+                    t.failure = Some(
+                        json!({ "code": code, "message": "Moment reported the payment as unpaid" }),
+                    );
                 }
                 Some(Effect::Charge(t))
             }
@@ -93,13 +107,20 @@ impl Effect {
 fn transition<S: Copy + 'static>(session: &Session, to: S, from: &'static [S]) -> Transition<S> {
     Transition {
         session_id: session.id.clone(),
-        external_reference: session.external_reference.as_deref().and_then(|r| r.parse().ok()),
+        external_reference: session
+            .external_reference
+            .as_deref()
+            .and_then(|r| r.parse().ok()),
         to,
         from,
         customer_id: session.customer_id.clone(),
         payment_method_id: session.payment_method_id.clone(),
         payment_id: session.payment_id.clone(),
-        failure: session.last_payment_error.as_ref().filter(|v| !v.is_null()).map(failure_from_payment_error),
+        failure: session
+            .last_payment_error
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .map(failure_from_payment_error),
     }
 }
 
@@ -122,9 +143,13 @@ mod tests {
 
     #[test]
     fn a_paid_first_in_series_activates_the_mandate_with_both_ids() {
-        let s = session(json!({"id": "ps_1", "type": "first_in_series", "status": "completed",
-            "payment_status": "paid", "customer_id": "cus_1", "payment_method_id": "pmt_1", "payment_id": "pay_1"}));
-        let Some(Effect::Mandate(t)) = Effect::of(&s) else { panic!() };
+        let s = session(
+            json!({"id": "ps_1", "type": "first_in_series", "status": "completed",
+            "payment_status": "paid", "customer_id": "cus_1", "payment_method_id": "pmt_1", "payment_id": "pay_1"}),
+        );
+        let Some(Effect::Mandate(t)) = Effect::of(&s) else {
+            panic!()
+        };
         assert_eq!(t.to, MandateStatus::Active);
         assert_eq!(t.from, &[MandateStatus::Pending]);
         assert_eq!(t.payment_method_id.as_deref(), Some("pmt_1"));
@@ -132,19 +157,30 @@ mod tests {
 
     #[test]
     fn an_unpaid_next_in_series_fails_the_charge_with_moments_reason() {
-        let s = session(json!({"id": "ps_2", "type": "next_in_series", "status": "completed",
+        let s = session(
+            json!({"id": "ps_2", "type": "next_in_series", "status": "completed",
             "payment_outcome": "unpaid", "last_payment_error": {"error_code": "card_declined",
-            "decline_code": "insufficient_funds", "message": "no money"}}));
-        let Some(Effect::Charge(t)) = Effect::of(&s) else { panic!() };
+            "decline_code": "insufficient_funds", "message": "no money"}}),
+        );
+        let Some(Effect::Charge(t)) = Effect::of(&s) else {
+            panic!()
+        };
         assert_eq!(t.to, ChargeStatus::Failed);
         assert_eq!(t.failure.unwrap()["decline_code"], "insufficient_funds");
     }
 
     #[test]
     fn an_active_session_only_moves_a_pending_charge_to_processing() {
-        let s = session(json!({"id": "ps_3", "type": "next_in_series", "status": "active", "payment_status": "unpaid"}));
-        let Some(Effect::Charge(t)) = Effect::of(&s) else { panic!() };
-        assert_eq!((t.to, t.from), (ChargeStatus::Processing, &[ChargeStatus::Pending][..]));
+        let s = session(
+            json!({"id": "ps_3", "type": "next_in_series", "status": "active", "payment_status": "unpaid"}),
+        );
+        let Some(Effect::Charge(t)) = Effect::of(&s) else {
+            panic!()
+        };
+        assert_eq!(
+            (t.to, t.from),
+            (ChargeStatus::Processing, &[ChargeStatus::Pending][..])
+        );
     }
 
     #[test]
@@ -162,9 +198,16 @@ mod tests {
 
     #[test]
     fn expired_and_cancelled_checkouts_end_the_mandate() {
-        for (status, want) in [("expired", MandateStatus::Expired), ("cancelled", MandateStatus::Cancelled)] {
-            let s = session(json!({"id": "ps", "type": "first_in_series", "status": status, "payment_status": "unpaid"}));
-            let Some(Effect::Mandate(t)) = Effect::of(&s) else { panic!() };
+        for (status, want) in [
+            ("expired", MandateStatus::Expired),
+            ("cancelled", MandateStatus::Cancelled),
+        ] {
+            let s = session(
+                json!({"id": "ps", "type": "first_in_series", "status": status, "payment_status": "unpaid"}),
+            );
+            let Some(Effect::Mandate(t)) = Effect::of(&s) else {
+                panic!()
+            };
             assert_eq!(t.to, want);
         }
     }

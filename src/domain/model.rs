@@ -82,6 +82,10 @@ impl Charge {
     /// The HTTP status that describes this charge to the merchant: `202` while its outcome
     /// at Moment is unknown, `201` once Moment has answered.
     pub fn http_status(&self) -> u16 {
-        if self.status == ChargeStatus::Pending { 202 } else { 201 }
+        if self.status == ChargeStatus::Pending {
+            202
+        } else {
+            201
+        }
     }
 }

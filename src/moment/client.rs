@@ -26,7 +26,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 3, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(2) }
+        Self {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(2),
+        }
     }
 }
 
@@ -54,30 +58,57 @@ pub struct MomentClient {
 
 impl MomentClient {
     /// `timeout` bounds each attempt, from connecting to the last byte of the answer.
-    pub fn new(base_url: &str, secret_key: SecretString, timeout: Duration, retry: RetryPolicy) -> anyhow::Result<Self> {
+    pub fn new(
+        base_url: &str,
+        secret_key: SecretString,
+        timeout: Duration,
+        retry: RetryPolicy,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("moment-mandates/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { http, base_url: base_url.trim_end_matches('/').into(), secret_key: Arc::new(secret_key), retry })
+        Ok(Self {
+            http,
+            base_url: base_url.trim_end_matches('/').into(),
+            secret_key: Arc::new(secret_key),
+            retry,
+        })
     }
 
     /// `POST /collect/payment_sessions` under `idempotency_key`.
     #[tracing::instrument(skip_all, fields(kind = ?req.kind))]
-    pub async fn create_session(&self, req: &CreateSessionRequest, idempotency_key: &str) -> Result<Session, MomentError> {
+    pub async fn create_session(
+        &self,
+        req: &CreateSessionRequest,
+        idempotency_key: &str,
+    ) -> Result<Session, MomentError> {
         let url = format!("{}/collect/payment_sessions", self.base_url);
-        self.call(|| self.http.post(&url).header("Idempotency-Key", idempotency_key).json(req)).await
+        self.call(|| {
+            self.http
+                .post(&url)
+                .header("Idempotency-Key", idempotency_key)
+                .json(req)
+        })
+        .await
     }
 
     /// `GET /collect/payment_sessions/{id}`.
     #[tracing::instrument(skip_all)]
     pub async fn get_session(&self, id: &str) -> Result<Session, MomentError> {
-        let url = format!("{}/collect/payment_sessions/{}", self.base_url, urlencode(id));
+        let url = format!(
+            "{}/collect/payment_sessions/{}",
+            self.base_url,
+            urlencode(id)
+        );
         self.call(|| self.http.get(&url)).await
     }
 
-    async fn call(&self, build: impl Fn() -> reqwest::RequestBuilder) -> Result<Session, MomentError> {
+    async fn call(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Session, MomentError> {
         let mut attempt = 1;
         loop {
             let request = build().bearer_auth(self.secret_key.expose_secret());
@@ -85,15 +116,17 @@ impl MomentClient {
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_success() {
-                        return resp
-                            .json::<Session>()
-                            .await
-                            .map_err(|e| MomentError::Unavailable(format!("unreadable answer: {e}")));
+                        return resp.json::<Session>().await.map_err(|e| {
+                            MomentError::Unavailable(format!("unreadable answer: {e}"))
+                        });
                     }
                     if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
                         let problem = resp.json::<Problem>().await.unwrap_or_default();
                         tracing::warn!(status = status.as_u16(), title = ?problem.title, "Moment refused the request");
-                        return Err(MomentError::Rejected { status: status.as_u16(), problem });
+                        return Err(MomentError::Rejected {
+                            status: status.as_u16(),
+                            problem,
+                        });
                     }
                     let retry_after = resp
                         .headers()
@@ -111,7 +144,12 @@ impl MomentClient {
                 return Err(MomentError::Unavailable(reason));
             }
             let delay = self.backoff(attempt, retry_after);
-            tracing::info!(attempt, reason, delay_ms = delay.as_millis() as u64, "retrying Moment");
+            tracing::info!(
+                attempt,
+                reason,
+                delay_ms = delay.as_millis() as u64,
+                "retrying Moment"
+            );
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
@@ -119,9 +157,15 @@ impl MomentClient {
 
     /// Full jitter: uniform in [0, base · 2^(attempt-1)], capped; `Retry-After` when larger.
     fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self.retry.base_delay.saturating_mul(1 << (attempt - 1).min(16)).min(self.retry.max_delay);
+        let exp = self
+            .retry
+            .base_delay
+            .saturating_mul(1 << (attempt - 1).min(16))
+            .min(self.retry.max_delay);
         let jittered = exp.mul_f64(fastrand::f64());
-        retry_after.map_or(jittered, |ra| ra.max(jittered)).min(self.retry.max_delay)
+        retry_after
+            .map_or(jittered, |ra| ra.max(jittered))
+            .min(self.retry.max_delay)
     }
 }
 

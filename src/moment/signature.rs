@@ -60,7 +60,8 @@ impl WebhookSecret {
     }
 
     fn mac(&self, id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(self.0.expose_secret()).expect("HMAC takes any key length");
+        let mut mac =
+            HmacSha256::new_from_slice(self.0.expose_secret()).expect("HMAC takes any key length");
         mac.update(id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.as_bytes());
@@ -71,7 +72,10 @@ impl WebhookSecret {
 
     /// The `v1,<base64>` signature entry for a message.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let tag = self.mac(id, &timestamp.to_string(), body).finalize().into_bytes();
+        let tag = self
+            .mac(id, &timestamp.to_string(), body)
+            .finalize()
+            .into_bytes();
         format!("v1,{}", BASE64.encode(tag))
     }
 }
@@ -99,14 +103,27 @@ impl Verifier {
     }
 
     /// Verifies a delivery at time `now` and returns its `webhook-id`.
-    pub fn verify<'a>(&self, headers: SignedHeaders<'a>, body: &[u8], now: SystemTime) -> Result<&'a str, SignatureError> {
-        let id = headers.id.ok_or(SignatureError::MissingHeader("webhook-id"))?;
-        let timestamp = headers.timestamp.ok_or(SignatureError::MissingHeader("webhook-timestamp"))?;
-        let signature = headers.signature.ok_or(SignatureError::MissingHeader("webhook-signature"))?;
+    pub fn verify<'a>(
+        &self,
+        headers: SignedHeaders<'a>,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<&'a str, SignatureError> {
+        let id = headers
+            .id
+            .ok_or(SignatureError::MissingHeader("webhook-id"))?;
+        let timestamp = headers
+            .timestamp
+            .ok_or(SignatureError::MissingHeader("webhook-timestamp"))?;
+        let signature = headers
+            .signature
+            .ok_or(SignatureError::MissingHeader("webhook-signature"))?;
         if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(|c| c.is_control()) {
             return Err(SignatureError::MalformedHeader("webhook-id"));
         }
-        let ts: i64 = timestamp.parse().map_err(|_| SignatureError::MalformedHeader("webhook-timestamp"))?;
+        let ts: i64 = timestamp
+            .parse()
+            .map_err(|_| SignatureError::MalformedHeader("webhook-timestamp"))?;
         let now = match now.duration_since(UNIX_EPOCH) {
             Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             Err(_) => return Err(SignatureError::Timestamp),
@@ -121,7 +138,11 @@ impl Verifier {
         for candidate in candidates {
             for secret in &self.secrets {
                 // verify_slice compares in constant time and refuses a tag of the wrong length.
-                if secret.mac(id, timestamp, body).verify_slice(&candidate).is_ok() {
+                if secret
+                    .mac(id, timestamp, body)
+                    .verify_slice(&candidate)
+                    .is_ok()
+                {
                     return Ok(id);
                 }
             }
@@ -166,12 +187,26 @@ mod tests {
     }
 
     fn verifier(secret: &str) -> Verifier {
-        Verifier::new(vec![WebhookSecret::parse(secret).unwrap()], Duration::from_secs(180))
+        Verifier::new(
+            vec![WebhookSecret::parse(secret).unwrap()],
+            Duration::from_secs(180),
+        )
     }
 
-    fn check(v: &Verifier, vec: &Vector, ts: &str, sig: &str, now: i64) -> Result<(), SignatureError> {
-        let headers = SignedHeaders { id: Some(&vec.msg_id), timestamp: Some(ts), signature: Some(sig) };
-        v.verify(headers, vec.payload.as_bytes(), at(now)).map(|_| ())
+    fn check(
+        v: &Verifier,
+        vec: &Vector,
+        ts: &str,
+        sig: &str,
+        now: i64,
+    ) -> Result<(), SignatureError> {
+        let headers = SignedHeaders {
+            id: Some(&vec.msg_id),
+            timestamp: Some(ts),
+            signature: Some(sig),
+        };
+        v.verify(headers, vec.payload.as_bytes(), at(now))
+            .map(|_| ())
     }
 
     #[test]
@@ -180,9 +215,16 @@ mod tests {
         for name in ["A", "B"] {
             let v = vector(name);
             let secret = WebhookSecret::parse(&v.secret).unwrap();
-            assert_eq!(secret.sign(&v.msg_id, v.timestamp, v.payload.as_bytes()), v.signature, "vector {name}");
+            assert_eq!(
+                secret.sign(&v.msg_id, v.timestamp, v.payload.as_bytes()),
+                v.signature,
+                "vector {name}"
+            );
             let ts = v.timestamp.to_string();
-            assert_eq!(check(&verifier(&v.secret), &v, &ts, &v.signature, v.timestamp), Ok(()));
+            assert_eq!(
+                check(&verifier(&v.secret), &v, &ts, &v.signature, v.timestamp),
+                Ok(())
+            );
         }
     }
 
@@ -195,7 +237,10 @@ mod tests {
             if expect == "configuration error" {
                 let secret = case["secret"].as_str().unwrap();
                 assert!(WebhookSecret::parse(secret).is_err(), "{name}");
-                assert!(WebhookSecret::parse(&format!("whsec_{secret}")).is_err(), "{name}");
+                assert!(
+                    WebhookSecret::parse(&format!("whsec_{secret}")).is_err(),
+                    "{name}"
+                );
                 continue;
             }
             let v = vector(case["vector"].as_str().unwrap_or("A"));
@@ -205,29 +250,67 @@ mod tests {
             let tolerance = 180;
             let results: Vec<Result<(), SignatureError>> = match name {
                 "timestamp header not an integer" => {
-                    vec![check(&verifier, &v, case["timestamp"].as_str().unwrap(), sig, v.timestamp)]
+                    vec![check(
+                        &verifier,
+                        &v,
+                        case["timestamp"].as_str().unwrap(),
+                        sig,
+                        v.timestamp,
+                    )]
                 }
                 // The message was signed `tolerance + 1` seconds before now.
                 "timestamp older than the tolerance by 1 s" => {
-                    vec![check(&verifier, &v, &v.timestamp.to_string(), sig, v.timestamp + tolerance + 1)]
+                    vec![check(
+                        &verifier,
+                        &v,
+                        &v.timestamp.to_string(),
+                        sig,
+                        v.timestamp + tolerance + 1,
+                    )]
                 }
                 // The message claims a time `tolerance + 1` seconds after now.
                 "timestamp newer than the tolerance by 1 s" => {
-                    vec![check(&verifier, &v, &v.timestamp.to_string(), sig, v.timestamp - tolerance - 1)]
+                    vec![check(
+                        &verifier,
+                        &v,
+                        &v.timestamp.to_string(),
+                        sig,
+                        v.timestamp - tolerance - 1,
+                    )]
                 }
                 "any of the three headers missing" => {
                     let ts = v.timestamp.to_string();
-                    let full = SignedHeaders { id: Some(&v.msg_id), timestamp: Some(&ts), signature: Some(sig) };
+                    let full = SignedHeaders {
+                        id: Some(&v.msg_id),
+                        timestamp: Some(&ts),
+                        signature: Some(sig),
+                    };
                     [
                         SignedHeaders { id: None, ..full },
-                        SignedHeaders { timestamp: None, ..full },
-                        SignedHeaders { signature: None, ..full },
+                        SignedHeaders {
+                            timestamp: None,
+                            ..full
+                        },
+                        SignedHeaders {
+                            signature: None,
+                            ..full
+                        },
                     ]
                     .into_iter()
-                    .map(|h| verifier.verify(h, v.payload.as_bytes(), at(v.timestamp)).map(|_| ()))
+                    .map(|h| {
+                        verifier
+                            .verify(h, v.payload.as_bytes(), at(v.timestamp))
+                            .map(|_| ())
+                    })
                     .collect()
                 }
-                _ => vec![check(&verifier, &v, &v.timestamp.to_string(), sig, v.timestamp)],
+                _ => vec![check(
+                    &verifier,
+                    &v,
+                    &v.timestamp.to_string(),
+                    sig,
+                    v.timestamp,
+                )],
             };
             for result in results {
                 match expect {
@@ -245,10 +328,22 @@ mod tests {
         let v = vector("A");
         let verifier = verifier(&v.secret);
         let ts = v.timestamp.to_string();
-        assert_eq!(check(&verifier, &v, &ts, &v.signature, v.timestamp + 180), Ok(()));
-        assert_eq!(check(&verifier, &v, &ts, &v.signature, v.timestamp - 180), Ok(()));
-        assert_eq!(check(&verifier, &v, &ts, &v.signature, v.timestamp + 181), Err(SignatureError::Timestamp));
-        assert_eq!(check(&verifier, &v, &ts, &v.signature, v.timestamp - 181), Err(SignatureError::Timestamp));
+        assert_eq!(
+            check(&verifier, &v, &ts, &v.signature, v.timestamp + 180),
+            Ok(())
+        );
+        assert_eq!(
+            check(&verifier, &v, &ts, &v.signature, v.timestamp - 180),
+            Ok(())
+        );
+        assert_eq!(
+            check(&verifier, &v, &ts, &v.signature, v.timestamp + 181),
+            Err(SignatureError::Timestamp)
+        );
+        assert_eq!(
+            check(&verifier, &v, &ts, &v.signature, v.timestamp - 181),
+            Err(SignatureError::Timestamp)
+        );
     }
 
     #[test]
@@ -258,7 +353,16 @@ mod tests {
         let old = WebhookSecret::parse(&vector("A").secret).unwrap();
         let new = WebhookSecret::parse(&v.secret).unwrap();
         let verifier = Verifier::new(vec![old, new], Duration::from_secs(180));
-        assert_eq!(check(&verifier, &v, &v.timestamp.to_string(), &v.signature, v.timestamp), Ok(()));
+        assert_eq!(
+            check(
+                &verifier,
+                &v,
+                &v.timestamp.to_string(),
+                &v.signature,
+                v.timestamp
+            ),
+            Ok(())
+        );
     }
 
     #[test]
@@ -266,12 +370,20 @@ mod tests {
         let (_, vector) = vectors();
         let v = vector("A");
         let verifier = verifier(&v.secret);
-        let full = BASE64.decode(v.signature.strip_prefix("v1,").unwrap()).unwrap();
+        let full = BASE64
+            .decode(v.signature.strip_prefix("v1,").unwrap())
+            .unwrap();
         let short = format!("v1,{}", BASE64.encode(&full[..16]));
         let empty_tag = format!("v1,{}", BASE64.encode([0u8; 0]));
         let ts = v.timestamp.to_string();
-        assert_eq!(check(&verifier, &v, &ts, &short, v.timestamp), Err(SignatureError::Mismatch));
-        assert_eq!(check(&verifier, &v, &ts, &empty_tag, v.timestamp), Err(SignatureError::Mismatch));
+        assert_eq!(
+            check(&verifier, &v, &ts, &short, v.timestamp),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            check(&verifier, &v, &ts, &empty_tag, v.timestamp),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]

@@ -26,9 +26,15 @@ pub struct CreateSessionRequest {
 #[serde(untagged)]
 pub enum SessionOptions {
     /// `first_in_series`: the customer is present and authorises future charges.
-    FirstInSeries { customer: NewCustomer, checkout_options: CheckoutOptions },
+    FirstInSeries {
+        customer: NewCustomer,
+        checkout_options: CheckoutOptions,
+    },
     /// `next_in_series`: ids from the completed `first_in_series`, as plain strings.
-    NextInSeries { customer: String, payment_method: String },
+    NextInSeries {
+        customer: String,
+        payment_method: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,7 +143,10 @@ mod tests {
             kind: SessionType::NextInSeries,
             amount: 5000,
             currency: "ZAR".into(),
-            options: SessionOptions::NextInSeries { customer: "cus_1".into(), payment_method: "pmt_1".into() },
+            options: SessionOptions::NextInSeries {
+                customer: "cus_1".into(),
+                payment_method: "pmt_1".into(),
+            },
             external_reference: Some("ref".into()),
             metadata: BTreeMap::new(),
         };

@@ -16,9 +16,13 @@ pub async fn healthz() -> Json<Value> {
 /// Postgres answers and every migration this build knows is applied; `503` otherwise.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let pool = state.db.clone();
-    let applied = detached(async move { db::migrations_applied(&pool).await }).await.map_err(ApiError::DatabaseUnavailable)?;
+    let applied = detached(async move { db::migrations_applied(&pool).await })
+        .await
+        .map_err(ApiError::DatabaseUnavailable)?;
     if !applied {
-        return Err(ApiError::DatabaseUnavailable(sqlx::Error::Protocol("migrations not applied".into())));
+        return Err(ApiError::DatabaseUnavailable(sqlx::Error::Protocol(
+            "migrations not applied".into(),
+        )));
     }
     Ok(Json(json!({ "status": "ready" })))
 }

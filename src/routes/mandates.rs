@@ -9,7 +9,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiJson, List, Page, bad_query, check_currency, check_metadata, check_reference, idempotency_key, parse_id, request_hash};
+use super::{
+    ApiJson, List, Page, bad_query, check_currency, check_metadata, check_reference,
+    idempotency_key, parse_id, request_hash,
+};
 use crate::app::AppState;
 use crate::db::detached;
 use crate::domain::{Mandate, MandateStatus};
@@ -41,20 +44,32 @@ pub struct Customer {
 impl CreateMandate {
     fn check(self) -> Result<MandateRequest, ApiError> {
         if self.amount < 0 {
-            return Err(ApiError::invalid("amount", "must be an integer number of minor units, at least 0"));
+            return Err(ApiError::invalid(
+                "amount",
+                "must be an integer number of minor units, at least 0",
+            ));
         }
         check_currency("currency", &self.currency)?;
         let name = self.customer.name.trim();
         if name.is_empty() || name.chars().count() > 200 {
-            return Err(ApiError::invalid("customer.name", "must be 1 to 200 characters"));
+            return Err(ApiError::invalid(
+                "customer.name",
+                "must be 1 to 200 characters",
+            ));
         }
         if !plausible_email(&self.customer.email) {
-            return Err(ApiError::invalid("customer.email", "must be an e-mail address"));
+            return Err(ApiError::invalid(
+                "customer.email",
+                "must be an e-mail address",
+            ));
         }
-        let return_url = match &self.return_url {
-            Some(u) => Some(crate::config::http_url("return_url", u).map_err(|_| ApiError::invalid("return_url", "must be an absolute http(s) URL"))?),
-            None => None,
-        };
+        let return_url =
+            match &self.return_url {
+                Some(u) => Some(crate::config::http_url("return_url", u).map_err(|_| {
+                    ApiError::invalid("return_url", "must be an absolute http(s) URL")
+                })?),
+                None => None,
+            };
         check_reference(self.reference.as_deref())?;
         check_metadata(&self.metadata)?;
         Ok(MandateRequest {
@@ -87,12 +102,19 @@ fn plausible_email(email: &str) -> bool {
 }
 
 fn wants_json(headers: &HeaderMap) -> bool {
-    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"))
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"))
 }
 
 /// Records the mandate and opens its Moment checkout. `303` to the checkout by default;
 /// `201` with the mandate when the caller accepts `application/json`.
-pub async fn create(State(state): State<AppState>, headers: HeaderMap, ApiJson(body): ApiJson<CreateMandate>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateMandate>,
+) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let hash = request_hash(&body);
     let req = body.check()?;
@@ -100,14 +122,27 @@ pub async fn create(State(state): State<AppState>, headers: HeaderMap, ApiJson(b
     let out = detached(async move { flow::create(&st, req, key, hash).await }).await?;
     let mandate = out.mandate;
     if mandate.status == MandateStatus::Failed {
-        let reason = mandate.failure.as_ref().and_then(|f| f.0["message"].as_str().map(str::to_owned));
-        return Err(ApiError::MomentRejected(reason.unwrap_or_else(|| "the checkout session could not be opened".into())));
+        let reason = mandate
+            .failure
+            .as_ref()
+            .and_then(|f| f.0["message"].as_str().map(str::to_owned));
+        return Err(ApiError::MomentRejected(reason.unwrap_or_else(|| {
+            "the checkout session could not be opened".into()
+        })));
     }
     let mut resp = if wants_json(&headers) {
         let location = format!("/mandates/{}", mandate.id);
-        (StatusCode::CREATED, [(header::LOCATION, location)], Json(&mandate)).into_response()
+        (
+            StatusCode::CREATED,
+            [(header::LOCATION, location)],
+            Json(&mandate),
+        )
+            .into_response()
     } else {
-        let checkout = mandate.checkout_url.as_deref().ok_or(ApiError::MomentUnavailable)?;
+        let checkout = mandate
+            .checkout_url
+            .as_deref()
+            .ok_or(ApiError::MomentUnavailable)?;
         let mut resp = Json(&mandate).into_response();
         *resp.status_mut() = StatusCode::SEE_OTHER;
         let location = HeaderValue::try_from(checkout).map_err(|e| ApiError::Internal(e.into()))?;
@@ -115,12 +150,16 @@ pub async fn create(State(state): State<AppState>, headers: HeaderMap, ApiJson(b
         resp
     };
     if out.replayed {
-        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(resp)
 }
 
-pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Mandate>, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Mandate>, ApiError> {
     let id = parse_id(&id, "mandate")?;
     let db = state.db.clone();
     let mandate = detached(async move { store::by_id(&db, id).await }).await?;
@@ -138,14 +177,26 @@ pub struct ListQuery {
     page: Page,
 }
 
-pub async fn list(State(state): State<AppState>, query: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<List<Mandate>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<List<Mandate>>, ApiError> {
     let Query(q) = query.map_err(bad_query)?;
     let (limit, before) = q.page.parse()?;
     let status = match q.status.as_deref() {
-        Some(s) => Some(s.parse().map_err(|_| ApiError::malformed("status", "not a mandate status"))?),
+        Some(s) => Some(
+            s.parse()
+                .map_err(|_| ApiError::malformed("status", "not a mandate status"))?,
+        ),
         None => None,
     };
-    let filter = store::Filter { status, customer_id: q.customer_id, reference: q.reference, before, limit };
+    let filter = store::Filter {
+        status,
+        customer_id: q.customer_id,
+        reference: q.reference,
+        before,
+        limit,
+    };
     let db = state.db.clone();
     let rows = detached(async move { store::list(&db, &filter).await }).await?;
     Ok(Json(List::new(rows, limit, |m| m.id)))
@@ -153,12 +204,19 @@ pub async fn list(State(state): State<AppState>, query: Result<Query<ListQuery>,
 
 /// Revokes an active mandate: no charge is accepted on it afterwards. Moment documents no
 /// API to cancel a mandate, so this is enforced here.
-pub async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Mandate>, ApiError> {
+pub async fn revoke(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Mandate>, ApiError> {
     let id = parse_id(&id, "mandate")?;
     let db = state.db.clone();
     let (revoked, current) = detached(async move {
         let revoked = store::revoke(&db, id).await?;
-        let current = if revoked.is_none() { store::by_id(&db, id).await? } else { None };
+        let current = if revoked.is_none() {
+            store::by_id(&db, id).await?
+        } else {
+            None
+        };
         Ok::<_, sqlx::Error>((revoked, current))
     })
     .await?;
@@ -167,22 +225,36 @@ pub async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> Re
             tracing::info!(mandate_id = %m.id, "mandate revoked");
             Ok(Json(m))
         }
-        (None, Some(m)) => Err(ApiError::Conflict(format!("only an active mandate can be revoked; this one is {}", m.status))),
+        (None, Some(m)) => Err(ApiError::Conflict(format!(
+            "only an active mandate can be revoked; this one is {}",
+            m.status
+        ))),
         (None, None) => Err(ApiError::NotFound("mandate")),
     }
 }
 
 /// Where Moment sends the customer after checkout. The state comes from Moment (fetched
 /// now), never from the query string; then the customer goes on to the merchant's page.
-pub async fn customer_return(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn customer_return(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id, "mandate")?;
     let st = state.clone();
     let mandate = detached(async move { flow::refresh(&st, id).await }).await?;
-    let target = mandate.return_url.clone().or_else(|| state.settings.default_return_url.clone());
+    let target = mandate
+        .return_url
+        .clone()
+        .or_else(|| state.settings.default_return_url.clone());
     let Some(target) = target else {
-        return Ok(Json(serde_json::json!({ "mandate_id": mandate.id, "status": mandate.status })).into_response());
+        return Ok(
+            Json(serde_json::json!({ "mandate_id": mandate.id, "status": mandate.status }))
+                .into_response(),
+        );
     };
     let mut url = url::Url::parse(&target).map_err(|e| ApiError::Internal(e.into()))?;
-    url.query_pairs_mut().append_pair("mandate_id", &mandate.id.to_string()).append_pair("status", mandate.status.as_str());
+    url.query_pairs_mut()
+        .append_pair("mandate_id", &mandate.id.to_string())
+        .append_pair("status", mandate.status.as_str());
     Ok(Redirect::to(url.as_str()).into_response())
 }

@@ -39,7 +39,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         }
         let bytes = Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError::Malformed { field: None, detail: e.body_text() })?;
+            .map_err(|e| ApiError::Malformed {
+                field: None,
+                detail: e.body_text(),
+            })?;
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         match serde_path_to_error::deserialize(de) {
             Ok(v) => Ok(Self(v)),
@@ -48,7 +51,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 let field = (path != ".").then_some(path);
                 let inner = e.into_inner();
                 let detail = inner.to_string();
-                Err(if inner.is_data() { ApiError::Invalid { field, detail } } else { ApiError::Malformed { field: None, detail } })
+                Err(if inner.is_data() {
+                    ApiError::Invalid { field, detail }
+                } else {
+                    ApiError::Malformed {
+                        field: None,
+                        detail,
+                    }
+                })
             }
         }
     }
@@ -57,16 +67,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 /// SHA-256 of the request as parsed, so a retry is compared by meaning, not formatting.
 pub fn request_hash(req: &impl Serialize) -> String {
     let bytes = serde_json::to_vec(req).expect("request types serialize");
-    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     const FIELD: &str = "Idempotency-Key";
-    let Some(value) = headers.get(FIELD) else { return Ok(None) };
-    let key = value.to_str().map_err(|_| ApiError::malformed(FIELD, "must be visible ASCII"))?;
+    let Some(value) = headers.get(FIELD) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::malformed(FIELD, "must be visible ASCII"))?;
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::malformed(FIELD, "must be 1 to 255 visible ASCII characters"));
+        return Err(ApiError::malformed(
+            FIELD,
+            "must be 1 to 255 visible ASCII characters",
+        ));
     }
     Ok(Some(key.to_owned()))
 }
@@ -81,7 +101,10 @@ pub fn check_currency(field: &str, currency: &str) -> Result<(), ApiError> {
     if currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase()) {
         Ok(())
     } else {
-        Err(ApiError::invalid(field, "must be an ISO 4217 code such as ZAR"))
+        Err(ApiError::invalid(
+            field,
+            "must be an ISO 4217 code such as ZAR",
+        ))
     }
 }
 
@@ -92,10 +115,16 @@ pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiErro
     }
     for (k, v) in metadata {
         if k.is_empty() || k.chars().count() > 50 {
-            return Err(ApiError::invalid("metadata", "keys must be 1 to 50 characters"));
+            return Err(ApiError::invalid(
+                "metadata",
+                "keys must be 1 to 50 characters",
+            ));
         }
         if v.is_empty() || v.chars().count() > 500 {
-            return Err(ApiError::invalid(&format!("metadata.{k}"), "values must be 1 to 500 characters"));
+            return Err(ApiError::invalid(
+                &format!("metadata.{k}"),
+                "values must be 1 to 500 characters",
+            ));
         }
     }
     Ok(())
@@ -104,7 +133,10 @@ pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiErro
 /// The merchant's own reference: 1 to 255 characters.
 pub fn check_reference(reference: Option<&str>) -> Result<(), ApiError> {
     match reference {
-        Some(r) if r.is_empty() || r.chars().count() > 255 => Err(ApiError::invalid("reference", "must be 1 to 255 characters")),
+        Some(r) if r.is_empty() || r.chars().count() > 255 => Err(ApiError::invalid(
+            "reference",
+            "must be 1 to 255 characters",
+        )),
         _ => Ok(()),
     }
 }
@@ -129,12 +161,17 @@ impl Page {
                 .parse()
                 .ok()
                 .filter(|n| (1..=MAX_LIMIT).contains(n))
-                .ok_or_else(|| ApiError::malformed("limit", format!("must be a number from 1 to {MAX_LIMIT}")))?,
+                .ok_or_else(|| {
+                    ApiError::malformed("limit", format!("must be a number from 1 to {MAX_LIMIT}"))
+                })?,
         };
-        let cursor = match &self.cursor {
-            None => None,
-            Some(c) => Some(c.parse().map_err(|_| ApiError::malformed("cursor", "not a cursor returned by this API"))?),
-        };
+        let cursor =
+            match &self.cursor {
+                None => None,
+                Some(c) => Some(c.parse().map_err(|_| {
+                    ApiError::malformed("cursor", "not a cursor returned by this API")
+                })?),
+            };
         Ok((limit, cursor))
     }
 }
@@ -148,12 +185,17 @@ pub struct List<T> {
 
 impl<T> List<T> {
     pub fn new(data: Vec<T>, limit: i64, id: impl Fn(&T) -> Uuid) -> Self {
-        let next_cursor = (data.len() as i64 == limit).then(|| data.last().map(|t| id(t).to_string())).flatten();
+        let next_cursor = (data.len() as i64 == limit)
+            .then(|| data.last().map(|t| id(t).to_string()))
+            .flatten();
         Self { data, next_cursor }
     }
 }
 
 /// Maps a query string rejection to problem details.
 pub fn bad_query(e: axum::extract::rejection::QueryRejection) -> ApiError {
-    ApiError::Malformed { field: None, detail: e.body_text() }
+    ApiError::Malformed {
+        field: None,
+        detail: e.body_text(),
+    }
 }

@@ -16,32 +16,55 @@ use crate::workflow::events::{self, Receipt};
 fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
     headers
         .get(name)
-        .map(|v| v.to_str().map_err(|_| ApiError::Webhook(SignatureError::MalformedHeader(name))))
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::Webhook(SignatureError::MalformedHeader(name)))
+        })
         .transpose()
 }
 
 /// `204` for every verified delivery (duplicates and events we do not act on included),
 /// `401` for a bad signature or timestamp, `400` for missing or malformed headers, `503`
 /// when the event could not be stored, so that Moment delivers it again.
-pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
+pub async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
     let signed = SignedHeaders {
         id: header(&headers, "webhook-id")?,
         timestamp: header(&headers, "webhook-timestamp")?,
         signature: header(&headers, "webhook-signature")?,
     };
-    let webhook_id = state.verifier.verify(signed, &body, SystemTime::now()).map_err(ApiError::Webhook)?.to_owned();
+    let webhook_id = state
+        .verifier
+        .verify(signed, &body, SystemTime::now())
+        .map_err(ApiError::Webhook)?
+        .to_owned();
     let payload = String::from_utf8_lossy(&body).into_owned();
     // A verified body we cannot read is kept as it is: Moment sent it, and it is not lost.
-    let event = serde_json::from_str::<Event>(&payload)
-        .unwrap_or_else(|_| Event { id: None, kind: "unreadable".into(), data: serde_json::Value::Null });
+    let event = serde_json::from_str::<Event>(&payload).unwrap_or_else(|_| Event {
+        id: None,
+        kind: "unreadable".into(),
+        data: serde_json::Value::Null,
+    });
     let db = state.db.clone();
-    let receipt = detached(async move { events::receive(&db, &webhook_id, &payload, &event).await.map(|r| (r, event.kind, webhook_id)) })
-        .await
-        .map_err(|e| ApiError::DatabaseUnavailable(e))?;
+    let receipt = detached(async move {
+        events::receive(&db, &webhook_id, &payload, &event)
+            .await
+            .map(|r| (r, event.kind, webhook_id))
+    })
+    .await
+    .map_err(ApiError::DatabaseUnavailable)?;
     let (receipt, kind, webhook_id) = receipt;
     match receipt {
         Receipt::Duplicate => tracing::info!(webhook_id, event_type = kind, "duplicate webhook"),
-        Receipt::Stored(outcome) => tracing::info!(webhook_id, event_type = kind, outcome = outcome.as_str(), "webhook stored"),
+        Receipt::Stored(outcome) => tracing::info!(
+            webhook_id,
+            event_type = kind,
+            outcome = outcome.as_str(),
+            "webhook stored"
+        ),
     }
     Ok(StatusCode::NO_CONTENT)
 }

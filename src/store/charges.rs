@@ -51,16 +51,29 @@ pub async fn insert(conn: impl PgExecutor<'_>, c: &NewCharge<'_>) -> sqlx::Resul
 }
 
 pub async fn by_id(conn: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Charge>> {
-    sqlx::query_as("select * from charge where id = $1").bind(id).fetch_optional(conn).await
+    sqlx::query_as("select * from charge where id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
 }
 
-pub async fn by_idempotency_key(conn: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Option<Charge>> {
-    sqlx::query_as("select * from charge where idempotency_key = $1").bind(key).fetch_optional(conn).await
+pub async fn by_idempotency_key(
+    conn: impl PgExecutor<'_>,
+    key: &str,
+) -> sqlx::Result<Option<Charge>> {
+    sqlx::query_as("select * from charge where idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(conn)
+        .await
 }
 
 /// Takes the send lease of a charge whose outcome at Moment is still unknown, unless someone
 /// else holds it.
-pub async fn claim(conn: impl PgExecutor<'_>, id: Uuid, lease_secs: f64) -> sqlx::Result<Option<Charge>> {
+pub async fn claim(
+    conn: impl PgExecutor<'_>,
+    id: Uuid,
+    lease_secs: f64,
+) -> sqlx::Result<Option<Charge>> {
     sqlx::query_as(
         "update charge set locked_until = now() + make_interval(secs => $2)
          where id = $1 and status = 'pending' and (locked_until is null or locked_until < now())
@@ -74,7 +87,12 @@ pub async fn claim(conn: impl PgExecutor<'_>, id: Uuid, lease_secs: f64) -> sqlx
 
 /// Takes the send lease of up to `limit` charges that are due to be sent again: outcome
 /// unknown, nobody holding them, and still within Moment's idempotency window.
-pub async fn claim_due(conn: impl PgExecutor<'_>, limit: i64, lease_secs: f64, window_secs: f64) -> sqlx::Result<Vec<Charge>> {
+pub async fn claim_due(
+    conn: impl PgExecutor<'_>,
+    limit: i64,
+    lease_secs: f64,
+    window_secs: f64,
+) -> sqlx::Result<Vec<Charge>> {
     sqlx::query_as(
         "update charge set locked_until = now() + make_interval(secs => $2)
          where id in (
@@ -97,7 +115,11 @@ pub async fn claim_due(conn: impl PgExecutor<'_>, limit: i64, lease_secs: f64, w
 
 /// Records the session Moment created: the charge is `processing` (unless a webhook already
 /// took it further) and the lease is released.
-pub async fn record_session(conn: impl PgExecutor<'_>, id: Uuid, session: &Session) -> sqlx::Result<Charge> {
+pub async fn record_session(
+    conn: impl PgExecutor<'_>,
+    id: Uuid,
+    session: &Session,
+) -> sqlx::Result<Charge> {
     sqlx::query_as(
         "update charge set session_id = $2, payment_id = coalesce(payment_id, $3),
                 status = case when status = 'pending' then 'processing' else status end,
@@ -113,7 +135,11 @@ pub async fn record_session(conn: impl PgExecutor<'_>, id: Uuid, session: &Sessi
 }
 
 /// Marks a pending charge failed because Moment refused it.
-pub async fn fail(conn: impl PgExecutor<'_>, id: Uuid, failure: &serde_json::Value) -> sqlx::Result<Charge> {
+pub async fn fail(
+    conn: impl PgExecutor<'_>,
+    id: Uuid,
+    failure: &serde_json::Value,
+) -> sqlx::Result<Charge> {
     sqlx::query_as(
         "update charge set status = case when status = 'pending' then 'failed' else status end,
                 failure = case when status = 'pending' then $2 else failure end,
@@ -143,7 +169,12 @@ pub async fn defer(conn: impl PgExecutor<'_>, id: Uuid, delay_secs: f64) -> sqlx
 
 /// Keeps the answer given for the charge's idempotency key. A `202` (outcome unknown) may
 /// later be replaced by the final answer; a final answer is never replaced.
-pub async fn store_response(conn: impl PgExecutor<'_>, id: Uuid, status: u16, body: &serde_json::Value) -> sqlx::Result<()> {
+pub async fn store_response(
+    conn: impl PgExecutor<'_>,
+    id: Uuid,
+    status: u16,
+    body: &serde_json::Value,
+) -> sqlx::Result<()> {
     sqlx::query(
         "update charge set response_status = $2, response_body = $3
          where id = $1 and (response_status is null or response_status = 202)",
@@ -157,7 +188,10 @@ pub async fn store_response(conn: impl PgExecutor<'_>, id: Uuid, status: u16, bo
 }
 
 /// Applies a session's transition to the charge it belongs to; see `mandates::apply`.
-pub async fn apply(conn: impl PgExecutor<'_>, t: &Transition<ChargeStatus>) -> sqlx::Result<Option<Charge>> {
+pub async fn apply(
+    conn: impl PgExecutor<'_>,
+    t: &Transition<ChargeStatus>,
+) -> sqlx::Result<Option<Charge>> {
     let from: Vec<&str> = t.from.iter().map(|s| s.as_str()).collect();
     sqlx::query_as(
         "update charge set status = $3, session_id = coalesce(session_id, $2),
@@ -177,7 +211,10 @@ pub async fn apply(conn: impl PgExecutor<'_>, t: &Transition<ChargeStatus>) -> s
 }
 
 /// Whether a charge matching the transition's id or session exists.
-pub async fn exists_for(conn: impl PgExecutor<'_>, t: &Transition<ChargeStatus>) -> sqlx::Result<bool> {
+pub async fn exists_for(
+    conn: impl PgExecutor<'_>,
+    t: &Transition<ChargeStatus>,
+) -> sqlx::Result<bool> {
     sqlx::query_scalar("select exists (select 1 from charge where id = $1 or session_id = $2)")
         .bind(t.external_reference)
         .bind(&t.session_id)

@@ -26,7 +26,10 @@ pub struct NewMandate<'a> {
 
 /// Inserts a pending mandate holding the creation lease. `None` when its idempotency key is
 /// taken already.
-pub async fn insert(conn: impl PgExecutor<'_>, m: &NewMandate<'_>) -> sqlx::Result<Option<Mandate>> {
+pub async fn insert(
+    conn: impl PgExecutor<'_>,
+    m: &NewMandate<'_>,
+) -> sqlx::Result<Option<Mandate>> {
     sqlx::query_as(
         "insert into mandate (id, amount, currency, reference, metadata, customer_name, customer_email,
                               return_url, idempotency_key, request_hash, locked_until)
@@ -50,16 +53,29 @@ pub async fn insert(conn: impl PgExecutor<'_>, m: &NewMandate<'_>) -> sqlx::Resu
 }
 
 pub async fn by_id(conn: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Mandate>> {
-    sqlx::query_as("select * from mandate where id = $1").bind(id).fetch_optional(conn).await
+    sqlx::query_as("select * from mandate where id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
 }
 
-pub async fn by_idempotency_key(conn: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Option<Mandate>> {
-    sqlx::query_as("select * from mandate where idempotency_key = $1").bind(key).fetch_optional(conn).await
+pub async fn by_idempotency_key(
+    conn: impl PgExecutor<'_>,
+    key: &str,
+) -> sqlx::Result<Option<Mandate>> {
+    sqlx::query_as("select * from mandate where idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(conn)
+        .await
 }
 
 /// Takes the creation lease of a pending mandate that has no session yet, unless someone
 /// else holds it.
-pub async fn claim(conn: impl PgExecutor<'_>, id: Uuid, lease_secs: f64) -> sqlx::Result<Option<Mandate>> {
+pub async fn claim(
+    conn: impl PgExecutor<'_>,
+    id: Uuid,
+    lease_secs: f64,
+) -> sqlx::Result<Option<Mandate>> {
     sqlx::query_as(
         "update mandate set locked_until = now() + make_interval(secs => $2)
          where id = $1 and status = 'pending' and session_id is null
@@ -73,7 +89,11 @@ pub async fn claim(conn: impl PgExecutor<'_>, id: Uuid, lease_secs: f64) -> sqlx
 }
 
 /// Records the session Moment created for the mandate and releases the lease.
-pub async fn record_session(conn: impl PgExecutor<'_>, id: Uuid, session: &Session) -> sqlx::Result<Mandate> {
+pub async fn record_session(
+    conn: impl PgExecutor<'_>,
+    id: Uuid,
+    session: &Session,
+) -> sqlx::Result<Mandate> {
     sqlx::query_as(
         "update mandate set session_id = $2, checkout_url = $3,
                 customer_id = coalesce(customer_id, $4), locked_until = null, updated_at = now()
@@ -90,12 +110,19 @@ pub async fn record_session(conn: impl PgExecutor<'_>, id: Uuid, session: &Sessi
 
 /// Releases the creation lease without a session (Moment gave no answer).
 pub async fn release(conn: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query("update mandate set locked_until = null where id = $1").bind(id).execute(conn).await?;
+    sqlx::query("update mandate set locked_until = null where id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
 /// Marks a pending mandate failed because Moment refused its session.
-pub async fn fail(conn: impl PgExecutor<'_>, id: Uuid, failure: &serde_json::Value) -> sqlx::Result<Mandate> {
+pub async fn fail(
+    conn: impl PgExecutor<'_>,
+    id: Uuid,
+    failure: &serde_json::Value,
+) -> sqlx::Result<Mandate> {
     sqlx::query_as(
         "update mandate set status = 'failed', failure = $2, locked_until = null, updated_at = now()
          where id = $1 and status = 'pending'
@@ -109,7 +136,10 @@ pub async fn fail(conn: impl PgExecutor<'_>, id: Uuid, failure: &serde_json::Val
 
 /// Applies a session's transition to the mandate it belongs to. Returns the mandate when the
 /// transition moved it; `Ok(None)` when it did not move (already further along, or unknown).
-pub async fn apply(conn: impl PgExecutor<'_>, t: &Transition<MandateStatus>) -> sqlx::Result<Option<Mandate>> {
+pub async fn apply(
+    conn: impl PgExecutor<'_>,
+    t: &Transition<MandateStatus>,
+) -> sqlx::Result<Option<Mandate>> {
     let from: Vec<&str> = t.from.iter().map(|s| s.as_str()).collect();
     sqlx::query_as(
         "update mandate set status = $3, session_id = coalesce(session_id, $2),
@@ -132,7 +162,10 @@ pub async fn apply(conn: impl PgExecutor<'_>, t: &Transition<MandateStatus>) -> 
 }
 
 /// Whether a mandate matching the transition's id or session exists.
-pub async fn exists_for(conn: impl PgExecutor<'_>, t: &Transition<MandateStatus>) -> sqlx::Result<bool> {
+pub async fn exists_for(
+    conn: impl PgExecutor<'_>,
+    t: &Transition<MandateStatus>,
+) -> sqlx::Result<bool> {
     sqlx::query_scalar("select exists (select 1 from mandate where id = $1 or session_id = $2)")
         .bind(t.external_reference)
         .bind(&t.session_id)

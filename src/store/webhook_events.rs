@@ -64,7 +64,11 @@ pub struct Deferred {
 
 /// Locks up to `limit` deferred events, oldest first (`session_id` narrows them to one
 /// session), skipping those another worker holds.
-pub async fn lock_deferred(conn: impl PgExecutor<'_>, session_id: Option<&str>, limit: i64) -> sqlx::Result<Vec<Deferred>> {
+pub async fn lock_deferred(
+    conn: impl PgExecutor<'_>,
+    session_id: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<Deferred>> {
     sqlx::query_as(
         "select webhook_id, payload from webhook_event
          where outcome = 'deferred' and ($1::text is null or session_id = $1)
@@ -80,9 +84,11 @@ pub async fn lock_deferred(conn: impl PgExecutor<'_>, session_id: Option<&str>, 
 
 /// Marks a deferred event applied.
 pub async fn mark_applied(conn: impl PgExecutor<'_>, webhook_id: &str) -> sqlx::Result<()> {
-    sqlx::query("update webhook_event set outcome = 'applied', applied_at = now() where webhook_id = $1")
-        .bind(webhook_id)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "update webhook_event set outcome = 'applied', applied_at = now() where webhook_id = $1",
+    )
+    .bind(webhook_id)
+    .execute(conn)
+    .await?;
     Ok(())
 }

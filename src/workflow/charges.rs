@@ -38,21 +38,38 @@ pub struct Answer {
 
 /// Records the charge under the merchant's key, sends it to Moment, and keeps the answer so
 /// that a retry under the same key gets the same one without a second call to Moment.
-pub async fn create(state: &AppState, req: ChargeRequest, key: String, hash: String) -> Result<Answer, ApiError> {
+pub async fn create(
+    state: &AppState,
+    req: ChargeRequest,
+    key: String,
+    hash: String,
+) -> Result<Answer, ApiError> {
     if let Some(existing) = charges::by_idempotency_key(&state.db, &key).await? {
         return resume(state, existing, &hash).await;
     }
-    let mandate = mandates::by_id(&state.db, req.mandate_id).await?.ok_or(ApiError::NotFound("mandate"))?;
+    let mandate = mandates::by_id(&state.db, req.mandate_id)
+        .await?
+        .ok_or(ApiError::NotFound("mandate"))?;
     if mandate.status != MandateStatus::Active {
-        return Err(ApiError::Conflict(format!("the mandate is {}, not active", mandate.status)));
+        return Err(ApiError::Conflict(format!(
+            "the mandate is {}, not active",
+            mandate.status
+        )));
     }
     if let Some(currency) = &req.currency
         && *currency != mandate.currency
     {
-        return Err(ApiError::invalid("currency", format!("the mandate is in {}", mandate.currency)));
+        return Err(ApiError::invalid(
+            "currency",
+            format!("the mandate is in {}", mandate.currency),
+        ));
     }
-    let (Some(customer_id), Some(payment_method_id)) = (&mandate.customer_id, &mandate.payment_method_id) else {
-        return Err(ApiError::Conflict("the mandate has no saved payment method".into()));
+    let (Some(customer_id), Some(payment_method_id)) =
+        (&mandate.customer_id, &mandate.payment_method_id)
+    else {
+        return Err(ApiError::Conflict(
+            "the mandate has no saved payment method".into(),
+        ));
     };
     let new = NewCharge {
         id: Uuid::now_v7(),
@@ -87,14 +104,20 @@ async fn resume(state: &AppState, existing: Charge, hash: &str) -> Result<Answer
     if let (Some(status), Some(body)) = (existing.response_status, &existing.response_body)
         && status != 202
     {
-        return Ok(Answer { status: status as u16, body: body.0.clone(), replayed: true });
+        return Ok(Answer {
+            status: status as u16,
+            body: body.0.clone(),
+            replayed: true,
+        });
     }
     // The first answer was "outcome unknown" (202), or the first request died before
     // answering: finish the job under the same Moment key.
     if existing.status != ChargeStatus::Pending {
         return answer(state, &existing, true).await;
     }
-    let claimed = charges::claim(&state.db, existing.id, LEASE_SECS).await?.ok_or(ApiError::IdempotencyInFlight)?;
+    let claimed = charges::claim(&state.db, existing.id, LEASE_SECS)
+        .await?
+        .ok_or(ApiError::IdempotencyInFlight)?;
     let charge = send(state, claimed).await?;
     answer(state, &charge, true).await
 }
@@ -103,7 +126,11 @@ async fn answer(state: &AppState, charge: &Charge, replayed: bool) -> Result<Ans
     let status = charge.http_status();
     let body = serde_json::to_value(charge).map_err(anyhow::Error::from)?;
     charges::store_response(&state.db, charge.id, status, &body).await?;
-    Ok(Answer { status, body, replayed })
+    Ok(Answer {
+        status,
+        body,
+        replayed,
+    })
 }
 
 /// Sends a charge the caller holds the lease of to Moment, under the charge's own key, and
@@ -126,9 +153,12 @@ pub async fn send(state: &AppState, charge: Charge) -> sqlx::Result<Charge> {
             let mut recorded = charges::record_session(&state.db, charge.id, &session).await?;
             tracing::info!(charge_id = %id, session_id = %session.id, "charge accepted by Moment");
             // The answer may already carry the outcome, and a webhook may have beaten us here.
-            let moved = events::apply_snapshot(&state.db, &session).await? == events::Applied::Moved;
+            let moved =
+                events::apply_snapshot(&state.db, &session).await? == events::Applied::Moved;
             if events::apply_deferred(&state.db, Some(&session.id)).await? > 0 || moved {
-                recorded = charges::by_id(&state.db, charge.id).await?.unwrap_or(recorded);
+                recorded = charges::by_id(&state.db, charge.id)
+                    .await?
+                    .unwrap_or(recorded);
             }
             Ok(recorded)
         }

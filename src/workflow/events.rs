@@ -59,7 +59,12 @@ pub enum Receipt {
 }
 
 /// Stores a verified delivery once (by `webhook-id`) and applies it in the same transaction.
-pub async fn receive(db: &PgPool, webhook_id: &str, payload: &str, event: &Event) -> sqlx::Result<Receipt> {
+pub async fn receive(
+    db: &PgPool,
+    webhook_id: &str,
+    payload: &str,
+    event: &Event,
+) -> sqlx::Result<Receipt> {
     let session = session_of(event);
     let effect = session.as_ref().and_then(Effect::of);
     let mut tx = db.begin().await?;
@@ -79,7 +84,9 @@ pub async fn receive(db: &PgPool, webhook_id: &str, payload: &str, event: &Event
             event_id: event.id.as_deref(),
             event_type: &event.kind,
             session_id: session.as_ref().map(|s| s.id.as_str()),
-            external_reference: session.as_ref().and_then(|s| s.external_reference.as_deref()),
+            external_reference: session
+                .as_ref()
+                .and_then(|s| s.external_reference.as_deref()),
             payload,
             outcome,
         },
@@ -100,7 +107,12 @@ pub async fn apply_deferred(db: &PgPool, session_id: Option<&str>) -> sqlx::Resu
     let events = webhook_events::lock_deferred(&mut *tx, session_id, 100).await?;
     let mut applied = 0;
     for e in &events {
-        let effect = serde_json::from_str::<Event>(&e.payload).ok().as_ref().and_then(session_of).as_ref().and_then(Effect::of);
+        let effect = serde_json::from_str::<Event>(&e.payload)
+            .ok()
+            .as_ref()
+            .and_then(session_of)
+            .as_ref()
+            .and_then(Effect::of);
         let Some(effect) = effect else { continue };
         if apply(&mut tx, &effect).await? != Applied::Unknown {
             webhook_events::mark_applied(&mut *tx, &e.webhook_id).await?;

@@ -9,7 +9,9 @@ use crate::app::AppState;
 use crate::domain::{Mandate, MandateStatus};
 use crate::error::ApiError;
 use crate::moment::MomentError;
-use crate::moment::wire::{CheckoutOptions, CreateSessionRequest, NewCustomer, SessionOptions, SessionType};
+use crate::moment::wire::{
+    CheckoutOptions, CreateSessionRequest, NewCustomer, SessionOptions, SessionType,
+};
 use crate::store::mandates::{self, NewMandate};
 
 /// A validated `POST /mandates`.
@@ -32,7 +34,12 @@ pub struct Outcome {
 
 /// Records the mandate, then opens its Moment session. With an idempotency key, a retry
 /// returns the same mandate and never opens a second session.
-pub async fn create(state: &AppState, req: MandateRequest, key: Option<String>, hash: String) -> Result<Outcome, ApiError> {
+pub async fn create(
+    state: &AppState,
+    req: MandateRequest,
+    key: Option<String>,
+    hash: String,
+) -> Result<Outcome, ApiError> {
     if let Some(key) = &key
         && let Some(existing) = mandates::by_idempotency_key(&state.db, key).await?
     {
@@ -54,12 +61,17 @@ pub async fn create(state: &AppState, req: MandateRequest, key: Option<String>, 
     let Some(mandate) = mandates::insert(&state.db, &new).await? else {
         // Another request under the same key got in first.
         let key = key.as_deref().unwrap_or_default();
-        let existing = mandates::by_idempotency_key(&state.db, key).await?.ok_or(ApiError::IdempotencyInFlight)?;
+        let existing = mandates::by_idempotency_key(&state.db, key)
+            .await?
+            .ok_or(ApiError::IdempotencyInFlight)?;
         return resume(state, existing, &hash).await;
     };
     tracing::info!(mandate_id = %mandate.id, "mandate recorded");
     let mandate = open_session(state, mandate).await?;
-    Ok(Outcome { mandate, replayed: false })
+    Ok(Outcome {
+        mandate,
+        replayed: false,
+    })
 }
 
 /// A retry under a known key: replay, refuse, or take over an abandoned attempt.
@@ -68,11 +80,19 @@ async fn resume(state: &AppState, existing: Mandate, hash: &str) -> Result<Outco
         return Err(ApiError::IdempotencyMismatch);
     }
     if existing.session_id.is_some() || existing.status != MandateStatus::Pending {
-        return Ok(Outcome { mandate: existing, replayed: true });
+        return Ok(Outcome {
+            mandate: existing,
+            replayed: true,
+        });
     }
-    let claimed = mandates::claim(&state.db, existing.id, LEASE_SECS).await?.ok_or(ApiError::IdempotencyInFlight)?;
+    let claimed = mandates::claim(&state.db, existing.id, LEASE_SECS)
+        .await?
+        .ok_or(ApiError::IdempotencyInFlight)?;
     let mandate = open_session(state, claimed).await?;
-    Ok(Outcome { mandate, replayed: true })
+    Ok(Outcome {
+        mandate,
+        replayed: true,
+    })
 }
 
 /// Creates the `first_in_series` session under the mandate's own Moment idempotency key.
@@ -83,8 +103,13 @@ async fn open_session(state: &AppState, mandate: Mandate) -> Result<Mandate, Api
         amount: mandate.amount,
         currency: mandate.currency.clone(),
         options: SessionOptions::FirstInSeries {
-            customer: NewCustomer { name: mandate.customer_name.clone(), email: mandate.customer_email.clone() },
-            checkout_options: CheckoutOptions { return_url: format!("{}/mandates/{id}/return", state.settings.public_url) },
+            customer: NewCustomer {
+                name: mandate.customer_name.clone(),
+                email: mandate.customer_email.clone(),
+            },
+            checkout_options: CheckoutOptions {
+                return_url: format!("{}/mandates/{id}/return", state.settings.public_url),
+            },
         },
         external_reference: Some(id.clone()),
         metadata: mandate.metadata.0.clone(),
@@ -98,11 +123,15 @@ async fn open_session(state: &AppState, mandate: Mandate) -> Result<Mandate, Api
             tracing::info!(mandate_id = %id, session_id = %session.id, "checkout session opened");
             // A webhook may have beaten this write; apply what it left waiting.
             if events::apply_deferred(&state.db, Some(&session.id)).await? > 0 {
-                return Ok(mandates::by_id(&state.db, mandate.id).await?.unwrap_or(recorded));
+                return Ok(mandates::by_id(&state.db, mandate.id)
+                    .await?
+                    .unwrap_or(recorded));
             }
             Ok(recorded)
         }
-        Err(MomentError::Rejected { status, problem }) => Ok(mandates::fail(&state.db, mandate.id, &refusal(status, &problem)).await?),
+        Err(MomentError::Rejected { status, problem }) => {
+            Ok(mandates::fail(&state.db, mandate.id, &refusal(status, &problem)).await?)
+        }
         Err(MomentError::Unavailable(_)) => {
             mandates::release(&state.db, mandate.id).await?;
             Err(ApiError::MomentUnavailable)
@@ -113,8 +142,14 @@ async fn open_session(state: &AppState, mandate: Mandate) -> Result<Mandate, Api
 /// On the customer's return: fetch the session from Moment and apply it exactly as its
 /// webhook would. Moment's silence leaves the mandate as it is.
 pub async fn refresh(state: &AppState, id: Uuid) -> Result<Mandate, ApiError> {
-    let mandate = mandates::by_id(&state.db, id).await?.ok_or(ApiError::NotFound("mandate"))?;
-    let Some(session_id) = mandate.session_id.as_deref().filter(|_| mandate.status == MandateStatus::Pending) else {
+    let mandate = mandates::by_id(&state.db, id)
+        .await?
+        .ok_or(ApiError::NotFound("mandate"))?;
+    let Some(session_id) = mandate
+        .session_id
+        .as_deref()
+        .filter(|_| mandate.status == MandateStatus::Pending)
+    else {
         return Ok(mandate);
     };
     match state.moment.get_session(session_id).await {
@@ -123,7 +158,9 @@ pub async fn refresh(state: &AppState, id: Uuid) -> Result<Mandate, ApiError> {
                 return Ok(mandates::by_id(&state.db, id).await?.unwrap_or(mandate));
             }
         }
-        Err(e) => tracing::warn!(mandate_id = %id, error = %e, "could not verify the checkout on return"),
+        Err(e) => {
+            tracing::warn!(mandate_id = %id, error = %e, "could not verify the checkout on return")
+        }
     }
     Ok(mandate)
 }

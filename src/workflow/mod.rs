@@ -17,7 +17,11 @@ pub const LEASE_SECS: f64 = 60.0;
 
 /// Our `failure` object for a request Moment refused.
 fn refusal(status: u16, problem: &Problem) -> Value {
-    let code = problem.kind.as_deref().and_then(|t| t.rsplit(['#', '/']).next()).filter(|c| !c.is_empty());
+    let code = problem
+        .kind
+        .as_deref()
+        .and_then(|t| t.rsplit(['#', '/']).next())
+        .filter(|c| !c.is_empty());
     json!({
         "code": code.map_or_else(|| format!("moment_http_{status}"), |c| c.replace('-', "_")),
         "message": problem.detail.as_deref().or(problem.title.as_deref()).unwrap_or("refused by Moment"),

@@ -1,0 +1,277 @@
+//! The service as a process and on a real socket: settings, health, and cancelled requests.
+
+use std::process::Command;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestApp, WEBHOOK_SECRET, mandate_body, now_secs, test_config};
+use crate::testdb::TestDb;
+use moment_mandates::moment::signature::WebhookSecret;
+
+const BIN: &str = env!("CARGO_BIN_EXE_moment-mandates");
+
+#[test]
+fn a_missing_or_malformed_setting_stops_the_process_with_one_line_naming_it() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[
+                ("MOMENT_WEBHOOK_SECRETS", WEBHOOK_SECRET),
+                ("API_KEYS", "k"),
+            ],
+            "MOMENT_SECRET_KEY",
+        ),
+        (
+            &[("MOMENT_SECRET_KEY", "sk_test_hush"), ("API_KEYS", "k")],
+            "MOMENT_WEBHOOK_SECRETS",
+        ),
+        (
+            &[
+                ("MOMENT_SECRET_KEY", "sk_test_hush"),
+                ("MOMENT_WEBHOOK_SECRETS", "whsec_%%%"),
+                ("API_KEYS", "k"),
+            ],
+            "MOMENT_WEBHOOK_SECRETS",
+        ),
+        (
+            &[
+                ("MOMENT_SECRET_KEY", "sk_test_hush"),
+                ("MOMENT_WEBHOOK_SECRETS", WEBHOOK_SECRET),
+            ],
+            "API_KEYS",
+        ),
+        (
+            &[
+                ("MOMENT_SECRET_KEY", "sk_test_hush"),
+                ("MOMENT_WEBHOOK_SECRETS", WEBHOOK_SECRET),
+                ("API_KEYS", "k"),
+                ("LISTEN_ADDR", "everywhere"),
+            ],
+            "LISTEN_ADDR",
+        ),
+    ];
+    for (env, var) in cases {
+        let out = Command::new(BIN)
+            .arg("serve")
+            .env_clear()
+            .envs(env.iter().copied())
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+        assert!(
+            !stderr.contains("sk_test_hush") && !stderr.contains(WEBHOOK_SECRET),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_shows_no_secret_values() {
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .env("MOMENT_SECRET_KEY", "sk_test_hush")
+        .env("API_KEYS", "api-hush")
+        .env("MOMENT_WEBHOOK_SECRETS", WEBHOOK_SECRET)
+        .env("DATABASE_URL", "postgres://user:pw-hush@db/x")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("MOMENT_SECRET_KEY"));
+    for secret in ["sk_test_hush", "api-hush", WEBHOOK_SECRET, "pw-hush"] {
+        assert!(!help.contains(secret), "{secret} shown in --help");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness() {
+    let test_db = TestDb::new().await;
+    let db = test_db.pool.clone();
+    let app = TestApp::new(db.clone()).await;
+    let health = app
+        .send(
+            axum::http::Request::get("/healthz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(health.status, StatusCode::OK);
+    let ready = app
+        .send(
+            axum::http::Request::get("/readyz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(ready.status, StatusCode::OK);
+    let unknown = app
+        .send(
+            axum::http::Request::get("/nowhere")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    unknown.problem(404);
+    let wrong_method = app
+        .send(
+            axum::http::Request::delete("/healthz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    wrong_method.problem(405);
+
+    db.close().await;
+    let down = app
+        .send(
+            axum::http::Request::get("/readyz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    down.problem(503);
+}
+
+/// Starts `run()` on a port-0 listener against the test database.
+async fn serve(
+    database_url: &str,
+    moment_url: &str,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let config = test_config(database_url, moment_url);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(moment_mandates::app::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    (base, stop, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_runs_on_a_socket_and_stops_cleanly() {
+    let test_db = TestDb::new().await;
+    let moment = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(crate::helpers::SessionResponder)
+        .mount(&moment)
+        .await;
+    let (base, stop, handle) = serve(&test_db.url, &moment.uri()).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let resp = http
+        .post(format!("{base}/mandates"))
+        .bearer_auth(crate::helpers::API_KEY)
+        .json(&mandate_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert!(
+        resp.headers().get("x-request-id").is_some(),
+        "a request id is generated and returned"
+    );
+    let resp = http
+        .get(format!("{base}/healthz"))
+        .header("x-request-id", "req-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "req-123");
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// Clients that hang up mid-request must not make later acknowledged writes vanish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_webhook_is_stored_even_when_other_clients_hang_up() {
+    let test_db = TestDb::new().await;
+    let db = test_db.pool.clone();
+    let moment = wiremock::MockServer::start().await;
+    let (base, stop, handle) = serve(&test_db.url, &moment.uri()).await;
+    let secret = WebhookSecret::parse(WEBHOOK_SECRET).unwrap();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_micros(1500))
+        .build()
+        .unwrap();
+    let patient = reqwest::Client::new();
+    let post = |client: reqwest::Client, id: String| {
+        let body =
+            json!({"id": format!("evt_{id}"), "type": "payment.succeeded", "data": {"id": id}})
+                .to_string();
+        let ts = now_secs();
+        let sig = secret.sign(&id, ts, body.as_bytes());
+        let url = format!("{base}/webhooks/moment");
+        async move {
+            let sent = client
+                .post(url)
+                .header("webhook-id", &id)
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", sig)
+                .body(body)
+                .send()
+                .await;
+            (id, sent.map(|r| r.status().as_u16()).ok())
+        }
+    };
+
+    let mut acknowledged = Vec::new();
+    for round in 0..10 {
+        let mut batch = Vec::new();
+        for i in 0..20 {
+            let client = if i % 2 == 0 {
+                impatient.clone()
+            } else {
+                patient.clone()
+            };
+            batch.push(tokio::spawn(post(client, format!("msg_{round}_{i}"))));
+        }
+        for task in batch {
+            let (id, status) = task.await.unwrap();
+            if status == Some(204) {
+                acknowledged.push(id);
+            }
+        }
+    }
+    assert!(
+        acknowledged.len() >= 100,
+        "the patient half is always answered: {}",
+        acknowledged.len()
+    );
+
+    let stored: Vec<String> = sqlx::query_scalar("select webhook_id from webhook_event")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    let missing: Vec<_> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not stored: {missing:?}"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
