@@ -9,13 +9,10 @@ use wiremock::{Mock, ResponseTemplate};
 use crate::helpers::{
     TestApp, completed_next_in_series, mandate_body, moment_fails, moment_refuses_charges,
 };
-use crate::testdb::TestDb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_flow_from_checkout_to_a_succeeded_charge() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let mandate = app.active_mandate().await;
 
     let reply = app.charge(&mandate, "charge-2026-12").await;
@@ -77,9 +74,7 @@ async fn the_whole_flow_from_checkout_to_a_succeeded_charge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_charge_fails_with_moments_reason_and_never_comes_back() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let mandate = app.active_mandate().await;
     let charge = app.charge(&mandate, "declined").await.body;
 
@@ -110,9 +105,7 @@ async fn a_declined_charge_fails_with_moments_reason_and_never_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_may_override_the_amount_but_not_the_currency() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let mandate = app.active_mandate().await;
     let reply = app
         .post("/charges", &json!({"mandate_id": mandate["id"], "amount": 1234, "currency": "ZAR", "reference": "inv-9", "metadata": {"invoice": "9"}}), &[("idempotency-key", "custom")])
@@ -137,9 +130,7 @@ async fn a_charge_may_override_the_amount_but_not_the_currency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_under_the_same_key_replays_the_answer_without_calling_moment() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let mandate = app.active_mandate().await;
 
     let first = app.charge(&mandate, "key-1").await;
@@ -171,9 +162,7 @@ async fn a_retry_under_the_same_key_replays_the_answer_without_calling_moment() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_requests_under_one_key_make_one_moment_call() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let mandate = app.active_mandate().await;
     // Moment is slow, so the requests overlap the first one's call.
     Mock::given(method("POST"))
@@ -211,9 +200,7 @@ async fn twenty_concurrent_requests_under_one_key_make_one_moment_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn charges_are_refused_for_unknown_inactive_or_malformed_requests_and_write_nothing() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     app.moment_accepts_sessions().await;
     let pending = app.create_mandate(&mandate_body()).await;
 
@@ -265,9 +252,7 @@ async fn charges_are_refused_for_unknown_inactive_or_malformed_requests_and_writ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moment_5xx_then_success_is_retried_under_the_same_key() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let mandate = app.active_mandate().await;
     moment_fails(&app, 502, Some(2)).await;
 
@@ -285,9 +270,7 @@ async fn moment_5xx_then_success_is_retried_under_the_same_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_outcome_answers_202_and_is_resolved_later_under_the_same_key() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let mandate = app.active_mandate().await;
     // Moment times out on every attempt of the request.
     Mock::given(method("POST"))
@@ -331,9 +314,7 @@ async fn an_unknown_outcome_answers_202_and_is_resolved_later_under_the_same_key
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merchant_retry_after_a_202_resends_under_the_same_key() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let mandate = app.active_mandate().await;
     moment_fails(&app, 503, Some(3)).await;
 
@@ -354,9 +335,7 @@ async fn a_merchant_retry_after_a_202_resends_under_the_same_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moment_refusing_a_charge_fails_it_with_the_problem_details() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let mandate = app.active_mandate().await;
     moment_refuses_charges(&app, 422, "The charge exceeds the mandate's limit").await;
 

@@ -15,6 +15,8 @@ use moment_mandates::moment::signature::WebhookSecret;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
+
+use crate::testdb::TestDb;
 use wiremock::matchers::{body_partial_json, method, path, path_regex};
 use wiremock::{Mock, MockServer, Respond, ResponseTemplate};
 
@@ -25,6 +27,8 @@ pub const OLD_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub const PUBLIC_URL: &str = "http://mandates.test";
 
 pub struct TestApp {
+    /// The test's own database; dropped with the app.
+    _test_db: TestDb,
     pub db: PgPool,
     pub moment: MockServer,
     pub state: AppState,
@@ -141,17 +145,20 @@ impl Respond for SessionResponder {
 }
 
 impl TestApp {
-    pub async fn new(db: PgPool) -> Self {
-        Self::with(db, |_| {}).await
+    pub async fn new() -> Self {
+        Self::with(|_| {}).await
     }
 
-    pub async fn with(db: PgPool, tweak: impl FnOnce(&mut Config)) -> Self {
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let test_db = TestDb::new().await;
+        let db = test_db.pool.clone();
         let moment = MockServer::start().await;
         let mut config = test_config("postgres://unused", &moment.uri());
         tweak(&mut config);
         let state = AppState::new(&mut config, db.clone()).unwrap();
         let router = router(state.clone(), config.request_timeout);
         Self {
+            _test_db: test_db,
             db,
             moment,
             state,
@@ -218,6 +225,12 @@ impl TestApp {
             headers,
             body,
         }
+    }
+
+    /// GET without credentials, as a browser or a load balancer would.
+    pub async fn get_public(&self, uri: &str) -> Reply {
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
     }
 
     pub async fn get(&self, uri: &str) -> Reply {

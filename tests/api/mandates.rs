@@ -5,13 +5,10 @@ use futures::future::join_all;
 use serde_json::json;
 
 use crate::helpers::{PUBLIC_URL, TestApp, mandate_body, moment_fails, moment_get_hangs};
-use crate::testdb::TestDb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mandate_sends_the_customer_to_moments_checkout() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     app.moment_accepts_sessions().await;
 
     let reply = app.post("/mandates", &mandate_body(), &[]).await;
@@ -47,9 +44,7 @@ async fn a_mandate_sends_the_customer_to_moments_checkout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_client_gets_the_mandate_itself() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     app.moment_accepts_sessions().await;
 
     let mandate = app.create_mandate(&mandate_body()).await;
@@ -88,9 +83,7 @@ async fn a_json_client_gets_the_mandate_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_mandate_request_opens_no_second_session() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     app.moment_accepts_sessions().await;
     let headers = [
         ("idempotency-key", "mandate-attempt-1"),
@@ -116,9 +109,7 @@ async fn a_retried_mandate_request_opens_no_second_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_mandate_requests_under_one_key_open_one_session() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     app.moment_accepts_sessions().await;
     let body = mandate_body();
     let replies = join_all((0..20).map(|_| {
@@ -147,9 +138,7 @@ async fn concurrent_mandate_requests_under_one_key_open_one_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_mandate_requests_get_a_problem_naming_the_field_and_change_nothing() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     app.moment_accepts_sessions().await;
     let with = |path: &str, value: serde_json::Value| {
         let mut b = mandate_body();
@@ -234,9 +223,7 @@ async fn invalid_mandate_requests_get_a_problem_naming_the_field_and_change_noth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_merchant_api_needs_a_valid_key() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     app.moment_accepts_sessions().await;
     for auth in [
         None,
@@ -258,21 +245,13 @@ async fn the_merchant_api_needs_a_valid_key() {
         reply.problem(401);
         assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
     }
-    app.send(
-        axum::http::Request::get("/charges")
-            .body(axum::body::Body::empty())
-            .unwrap(),
-    )
-    .await
-    .problem(401);
+    app.get_public("/charges").await.problem(401);
     assert_eq!(app.count("mandate").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_customers_return_is_verified_with_moment_not_the_query_string() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     app.moment_accepts_sessions().await;
     let mandate = app.create_mandate(&mandate_body()).await;
     let id = mandate["id"].as_str().unwrap();
@@ -298,9 +277,7 @@ async fn the_customers_return_is_verified_with_moment_not_the_query_string() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_return_after_payment_activates_the_mandate_before_any_webhook() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     app.moment_accepts_sessions().await;
     let mut body = mandate_body();
     body.as_object_mut().unwrap().remove("return_url");
@@ -330,9 +307,7 @@ async fn a_return_after_payment_activates_the_mandate_before_any_webhook() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_return_while_moment_is_silent_still_sends_the_customer_on() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     app.moment_accepts_sessions().await;
     let mandate = app.create_mandate(&mandate_body()).await;
     moment_get_hangs(&app).await;
@@ -353,9 +328,7 @@ async fn a_return_while_moment_is_silent_still_sends_the_customer_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moment_outage_answers_503_and_a_retry_under_the_same_key_recovers() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     moment_fails(&app, 503, Some(3)).await;
     app.moment_accepts_sessions().await;
     let headers = [
@@ -381,9 +354,7 @@ async fn a_moment_outage_answers_503_and_a_retry_under_the_same_key_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moment_refusing_the_session_fails_the_mandate_with_its_reason() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))
         .respond_with(wiremock::ResponseTemplate::new(400).set_body_json(json!({
             "type": "https://api.momentco.io/docs/errors#invalid-request", "title": "Bad request",
@@ -411,9 +382,7 @@ async fn moment_refusing_the_session_fails_the_mandate_with_its_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mandates_are_listed_newest_first_with_filters_and_cursors() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     app.moment_accepts_sessions().await;
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -461,9 +430,7 @@ async fn mandates_are_listed_newest_first_with_filters_and_cursors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_mandate_takes_no_more_charges() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let mandate = app.active_mandate().await;
     let id = mandate["id"].as_str().unwrap();
 
@@ -490,9 +457,7 @@ async fn a_revoked_mandate_takes_no_more_charges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_mandate_cannot_be_revoked() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     app.moment_accepts_sessions().await;
     let mandate = app.create_mandate(&mandate_body()).await;
     app.post(

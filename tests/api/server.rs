@@ -89,32 +89,12 @@ fn help_shows_no_secret_values() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db.clone()).await;
-    let health = app
-        .send(
-            axum::http::Request::get("/healthz")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await;
+    let app = TestApp::new().await;
+    let health = app.get_public("/healthz").await;
     assert_eq!(health.status, StatusCode::OK);
-    let ready = app
-        .send(
-            axum::http::Request::get("/readyz")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await;
+    let ready = app.get_public("/readyz").await;
     assert_eq!(ready.status, StatusCode::OK);
-    let unknown = app
-        .send(
-            axum::http::Request::get("/nowhere")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await;
+    let unknown = app.get_public("/nowhere").await;
     unknown.problem(404);
     let wrong_method = app
         .send(
@@ -125,14 +105,8 @@ async fn health_and_readiness() {
         .await;
     wrong_method.problem(405);
 
-    db.close().await;
-    let down = app
-        .send(
-            axum::http::Request::get("/readyz")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await;
+    app.db.close().await;
+    let down = app.get_public("/readyz").await;
     down.problem(503);
 }
 

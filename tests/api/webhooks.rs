@@ -4,7 +4,6 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{OLD_SECRET, TestApp, completed_first_in_series, mandate_body, now_secs};
-use crate::testdb::TestDb;
 use moment_mandates::moment::signature::WebhookSecret;
 
 async fn pending_mandate(app: &TestApp) -> Value {
@@ -20,9 +19,7 @@ async fn mandate(app: &TestApp, m: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_completion_activates_the_mandate_with_both_ids() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let m = pending_mandate(&app).await;
 
     let reply = app
@@ -48,9 +45,7 @@ async fn a_signed_completion_activates_the_mandate_with_both_ids() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpaid_expired_and_cancelled_checkouts_end_their_mandates() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     app.moment_accepts_sessions().await;
     for (status, outcome, want) in [
         ("completed", "unpaid", "failed"),
@@ -74,9 +69,7 @@ async fn unpaid_expired_and_cancelled_checkouts_end_their_mandates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_delivery_is_acknowledged_and_applied_once() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let m = pending_mandate(&app).await;
     let data = completed_first_in_series(&m);
 
@@ -96,9 +89,7 @@ async fn a_duplicate_delivery_is_acknowledged_and_applied_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_older_event_never_takes_a_mandate_back() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let m = pending_mandate(&app).await;
     let completed = completed_first_in_series(&m);
     app.post_webhook("payment_session.completed", &completed)
@@ -133,9 +124,7 @@ async fn a_late_older_event_never_takes_a_mandate_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_for_an_unknown_session_is_kept_and_applied_once_the_session_is_known() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let m = pending_mandate(&app).await;
     // Moment's event names a session we have not recorded and carries no external_reference
     // (as if it beat our own write).
@@ -177,9 +166,7 @@ async fn an_event_for_an_unknown_session_is_kept_and_applied_once_the_session_is
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_we_do_not_act_on_are_acknowledged_and_stored() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let reply = app
         .post_webhook(
             "payment.succeeded",
@@ -200,9 +187,7 @@ async fn events_we_do_not_act_on_are_acknowledged_and_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rejected_delivery_writes_nothing() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let m = pending_mandate(&app).await;
     let body = json!({"id": "evt_1", "type": "payment_session.completed", "data": completed_first_in_series(&m)}).to_string();
     let now = now_secs();
@@ -341,9 +326,7 @@ async fn every_rejected_delivery_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_being_rotated_out_still_verifies_and_several_entries_are_tried() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let body = json!({"id": "evt_r", "type": "payment.succeeded", "data": {}}).to_string();
     let now = now_secs();
     let old = WebhookSecret::parse(OLD_SECRET)
@@ -367,9 +350,7 @@ async fn a_secret_being_rotated_out_still_verifies_and_several_entries_are_tried
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_body_is_refused_with_413() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db).await;
+    let app = TestApp::new().await;
     let big = format!(
         "{{\"id\":\"evt\",\"type\":\"x\",\"data\":\"{}\"}}",
         "a".repeat(300 * 1024)
@@ -392,10 +373,8 @@ async fn an_oversized_body_is_refused_with_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verified_event_is_refused_with_503_while_postgres_is_unreachable() {
-    let test_db = TestDb::new().await;
-    let db = test_db.pool.clone();
-    let app = TestApp::new(db.clone()).await;
-    db.close().await;
+    let app = TestApp::new().await;
+    app.db.close().await;
     let reply = app
         .post_webhook("payment.succeeded", &json!({"id": "pay_1"}))
         .await;
