@@ -165,12 +165,7 @@ async fn the_service_runs_on_a_socket_and_stops_cleanly() {
         .unwrap();
     assert_eq!(resp.headers()["x-request-id"], "req-123");
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), handle)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    shut_down(stop, handle).await;
 }
 
 /// Clients that hang up mid-request must not make later acknowledged writes vanish.
@@ -246,12 +241,7 @@ async fn every_acknowledged_webhook_is_stored_even_when_other_clients_hang_up() 
         missing.is_empty(),
         "acknowledged but not stored: {missing:?}"
     );
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), handle)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    shut_down(stop, handle).await;
 }
 
 /// A cheap deterministic spread of numbers (no RNG needed for timeouts).
@@ -259,4 +249,17 @@ fn fastrand_like(n: u64) -> u64 {
     n.wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407)
         >> 33
+}
+
+/// Stops a service started by `serve` and asserts it exits cleanly within 10 s.
+async fn shut_down(
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
