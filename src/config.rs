@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 
 use crate::db::DbConfig;
+use crate::dev::DevOptions;
 use crate::moment::signature::WebhookSecret;
+use crate::sim::{Faults, SimConfig};
 
 /// Default database: the local Postgres with trust auth.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/moment_mandates";
@@ -33,7 +35,108 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Create the database if missing, apply migrations, and exit.
     Migrate(DbArgs),
+    /// Run the Moment simulator: payment sessions API, hosted checkout and webhooks.
+    Sim(Box<SimArgs>),
+    /// Run the service, the simulator and a demo merchant page together, wired with fresh
+    /// secrets, on the local Postgres.
+    Dev(Box<DevArgs>),
 }
+
+/// Faults the simulator injects; each can be changed later through `PATCH /_sim/faults`.
+#[derive(Args, Clone)]
+pub struct FaultArgs {
+    /// Milliseconds added to every API answer.
+    #[arg(long, env = "SIM_LATENCY_MS", default_value = "0")]
+    pub latency_ms: String,
+    /// Share (0..1) of API calls answered 503 without effect.
+    #[arg(long, env = "SIM_ERROR_RATE", default_value = "0")]
+    pub error_rate: String,
+    /// Share (0..1) of API calls that take effect but whose answer is held back (a timeout).
+    #[arg(long, env = "SIM_TIMEOUT_RATE", default_value = "0")]
+    pub timeout_rate: String,
+    /// How long a timed-out answer is held back, in milliseconds.
+    #[arg(long, env = "SIM_HANG_MS", default_value = "30000")]
+    pub hang_ms: String,
+    /// Share (0..1) of webhooks delivered twice.
+    #[arg(long, env = "SIM_DUPLICATE_RATE", default_value = "0")]
+    pub duplicate_rate: String,
+    /// Each webhook waits a random 0..N ms before its first attempt, which reorders them.
+    #[arg(long, env = "SIM_REORDER_WINDOW_MS", default_value = "0")]
+    pub reorder_window_ms: String,
+    /// Hold every webhook until `POST /_sim/webhooks/release`.
+    #[arg(long, env = "SIM_HOLD_WEBHOOKS")]
+    pub hold_webhooks: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SIM_LISTEN_ADDR", default_value = "127.0.0.1:8081")]
+    pub listen: String,
+    /// Base URL for the checkout pages in session_url [default: http://LISTEN].
+    #[arg(long, env = "SIM_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The API key callers must send as a bearer token. Required.
+    #[arg(long, env = "SIM_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// The whsec_… secret webhooks are signed with. Required.
+    #[arg(long, env = "SIM_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Where webhooks are sent; without it they are only recorded.
+    #[arg(long, env = "SIM_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Milliseconds before a next_in_series charge settles.
+    #[arg(long, env = "SIM_SETTLE_DELAY_MS", default_value = "2000")]
+    pub settle_delay_ms: String,
+    /// Seconds before an unfinished checkout expires.
+    #[arg(long, env = "SIM_SESSION_EXPIRY_SECS", default_value = "1800")]
+    pub session_expiry_secs: String,
+    /// Waits between webhook attempts, comma-separated, each with a unit (ms, s, m, h).
+    #[arg(
+        long,
+        env = "SIM_WEBHOOK_RETRY_SCHEDULE",
+        default_value = "5s,5m,30m,2h,5h,10h,10h"
+    )]
+    pub webhook_retry_schedule: String,
+    /// Seconds one webhook attempt may take.
+    #[arg(long, env = "SIM_WEBHOOK_TIMEOUT_SECS", default_value = "15")]
+    pub webhook_timeout_secs: String,
+    /// Answer 400 to a create without Idempotency-Key.
+    #[arg(long, env = "SIM_REQUIRE_IDEMPOTENCY_KEY")]
+    pub require_idempotency_key: bool,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+    /// Log format: json or text.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+#[derive(Args, Clone)]
+pub struct DevArgs {
+    /// Postgres URL; the database is created if missing.
+    #[arg(long, env = "DATABASE_URL", default_value = DEV_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// Where the service listens.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Where the simulator listens.
+    #[arg(long, env = "SIM_LISTEN_ADDR", default_value = "127.0.0.1:8081")]
+    pub sim_listen: String,
+    /// Where the demo merchant page listens.
+    #[arg(long, env = "DEMO_LISTEN_ADDR", default_value = "127.0.0.1:8082")]
+    pub demo_listen: String,
+    /// Milliseconds before a charge settles at the simulator.
+    #[arg(long, env = "SIM_SETTLE_DELAY_MS", default_value = "1000")]
+    pub settle_delay_ms: String,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+    /// Log format: json or text.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// The database `dev` uses unless DATABASE_URL says otherwise.
+pub const DEV_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/moment_mandates_dev";
 
 #[derive(Args, Clone)]
 pub struct DbArgs {
@@ -178,6 +281,129 @@ pub fn http_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
     }
 }
 
+fn log_format(value: &str) -> Result<LogFormat, ConfigError> {
+    match value.trim() {
+        "json" => Ok(LogFormat::Json),
+        "text" => Ok(LogFormat::Text),
+        other => Err(bad(
+            "LOG_FORMAT",
+            format!("{other:?} is neither json nor text"),
+        )),
+    }
+}
+
+fn socket_addr(var: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| bad(var, format!("{value:?} is not a host:port socket address")))
+}
+
+fn share(var: &'static str, value: &str) -> Result<f64, ConfigError> {
+    let v: f64 = number(var, value)?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(bad(var, "must be between 0 and 1"));
+    }
+    Ok(v)
+}
+
+/// `250ms`, `5s`, `30m`, `2h`.
+pub fn duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let v = value.trim();
+    let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: f64 = n.trim().parse().map_err(|_| {
+        bad(
+            var,
+            format!("{v:?} is not a duration like 250ms, 5s, 30m or 2h"),
+        )
+    })?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad(var, format!("{v:?} needs a unit: ms, s, m or h"))),
+    };
+    if !(secs >= 0.0 && secs.is_finite()) {
+        return Err(bad(var, format!("{v:?} is not a duration")));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn millis(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_millis(number(var, value)?))
+}
+
+impl FaultArgs {
+    pub fn faults(&self) -> Result<Faults, ConfigError> {
+        let faults = Faults {
+            latency_ms: number("SIM_LATENCY_MS", &self.latency_ms)?,
+            error_rate: share("SIM_ERROR_RATE", &self.error_rate)?,
+            timeout_rate: share("SIM_TIMEOUT_RATE", &self.timeout_rate)?,
+            hang_ms: number("SIM_HANG_MS", &self.hang_ms)?,
+            duplicate_rate: share("SIM_DUPLICATE_RATE", &self.duplicate_rate)?,
+            reorder_window_ms: number("SIM_REORDER_WINDOW_MS", &self.reorder_window_ms)?,
+            hold_webhooks: self.hold_webhooks,
+        };
+        faults.check().map_err(|e| bad("SIM_TIMEOUT_RATE", e))?;
+        Ok(faults)
+    }
+}
+
+impl SimArgs {
+    /// The listen address, the log format and the simulator's settings.
+    pub fn config(&self) -> Result<(SocketAddr, LogFormat, SimConfig), ConfigError> {
+        let listen = socket_addr("SIM_LISTEN_ADDR", &self.listen)?;
+        let secret_key = required("SIM_SECRET_KEY", self.secret_key.as_deref())?;
+        let webhook_secret = WebhookSecret::parse(&required(
+            "SIM_WEBHOOK_SECRET",
+            self.webhook_secret.as_deref(),
+        )?)
+        .map_err(|e| bad("SIM_WEBHOOK_SECRET", e.to_string()))?;
+        let mut config = SimConfig::new(&secret_key, webhook_secret);
+        config.webhook_url = match &self.webhook_url {
+            Some(u) if !u.trim().is_empty() => Some(http_url("SIM_WEBHOOK_URL", u)?),
+            _ => None,
+        };
+        config.public_url = match &self.public_url {
+            Some(u) if !u.trim().is_empty() => Some(http_url("SIM_PUBLIC_URL", u)?),
+            _ => None,
+        };
+        config.settle_delay = millis("SIM_SETTLE_DELAY_MS", &self.settle_delay_ms)?;
+        config.session_expiry =
+            positive_secs("SIM_SESSION_EXPIRY_SECS", &self.session_expiry_secs)?;
+        config.webhook_retry_schedule = self
+            .webhook_retry_schedule
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| duration("SIM_WEBHOOK_RETRY_SCHEDULE", s))
+            .collect::<Result<_, _>>()?;
+        config.webhook_timeout =
+            positive_secs("SIM_WEBHOOK_TIMEOUT_SECS", &self.webhook_timeout_secs)?;
+        config.require_idempotency_key = self.require_idempotency_key;
+        config.faults = self.faults.faults()?;
+        Ok((listen, log_format(&self.log_format)?, config))
+    }
+}
+
+impl DevArgs {
+    pub fn config(&self) -> Result<(LogFormat, DevOptions), ConfigError> {
+        let url = self.database_url.trim();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(bad("DATABASE_URL", "must be a postgres:// URL"));
+        }
+        let mut opts = DevOptions::new(url);
+        opts.listen = socket_addr("LISTEN_ADDR", &self.listen)?;
+        opts.sim_listen = socket_addr("SIM_LISTEN_ADDR", &self.sim_listen)?;
+        opts.demo_listen = socket_addr("DEMO_LISTEN_ADDR", &self.demo_listen)?;
+        opts.settle_delay = millis("SIM_SETTLE_DELAY_MS", &self.settle_delay_ms)?;
+        opts.faults = self.faults.faults()?;
+        Ok((log_format(&self.log_format)?, opts))
+    }
+}
+
 impl DbArgs {
     pub fn config(&self) -> Result<DbConfig, ConfigError> {
         let url = self.database_url.trim();
@@ -204,12 +430,7 @@ impl ServeArgs {
     /// Checks every setting; the first bad one is the error.
     pub fn config(&self) -> Result<Config, ConfigError> {
         let db = self.db.config()?;
-        let listen_addr: SocketAddr = self.listen_addr.trim().parse().map_err(|_| {
-            bad(
-                "LISTEN_ADDR",
-                format!("{:?} is not a host:port socket address", self.listen_addr),
-            )
-        })?;
+        let listen_addr = socket_addr("LISTEN_ADDR", &self.listen_addr)?;
         let public_url = match &self.public_url {
             Some(u) if !u.trim().is_empty() => http_url("PUBLIC_URL", u)?,
             _ => format!("http://{listen_addr}"),
@@ -245,16 +466,7 @@ impl ServeArgs {
         if moment_max_attempts == 0 {
             return Err(bad("MOMENT_MAX_ATTEMPTS", "must be at least 1"));
         }
-        let log_format = match self.log_format.trim() {
-            "json" => LogFormat::Json,
-            "text" => LogFormat::Text,
-            other => {
-                return Err(bad(
-                    "LOG_FORMAT",
-                    format!("{other:?} is neither json nor text"),
-                ));
-            }
-        };
+        let log_format = log_format(&self.log_format)?;
         Ok(Config {
             db,
             migrate: !self.no_migrate,
@@ -284,7 +496,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Serve(a) => *a,
-            Command::Migrate(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

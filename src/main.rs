@@ -1,10 +1,10 @@
-//! The `moment-mandates` command: `serve` and `migrate`.
+//! The `moment-mandates` command: `serve`, `migrate`, `sim` and `dev`.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use moment_mandates::config::{Cli, Command, LogFormat};
-use moment_mandates::{app, db, telemetry};
+use moment_mandates::{app, db, dev, sim, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -37,6 +37,45 @@ async fn main() -> ExitCode {
             telemetry::init(LogFormat::Text);
             report(db::connect(&config, true).await.map(|_| ()))
         }
+        Command::Sim(args) => {
+            let (listen, format, config) = match args.config() {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            telemetry::init(format);
+            report(run_sim(listen, config).await)
+        }
+        Command::Dev(args) => {
+            let (format, options) = match args.config() {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            telemetry::init(format);
+            report(run_dev(options).await)
+        }
+    }
+}
+
+async fn run_sim(listen: std::net::SocketAddr, config: sim::SimConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("SIM_LISTEN_ADDR: cannot listen on {listen}: {e}"))?;
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let handle = sim::spawn(config, listener, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    })?;
+    tracing::info!(url = %handle.url, "Moment simulator listening");
+    app::shutdown_signal().await;
+    let _ = stop.send(true);
+    Ok(())
+}
+
+async fn run_dev(options: dev::DevOptions) -> anyhow::Result<()> {
+    let mut running = dev::start(options).await?;
+    println!("{}", running.instructions());
+    tokio::select! {
+        _ = app::shutdown_signal() => running.stop().await,
+        result = running.service_stopped() => result,
     }
 }
 
