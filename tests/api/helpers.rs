@@ -429,3 +429,15 @@ impl Respond for SessionResponderSlow {
             .set_delay(Duration::from_millis(300))
     }
 }
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` after 15 s.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

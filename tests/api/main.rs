@@ -1,9 +1,10 @@
-//! The service's API tests, one binary: each test gets a fresh migrated database
-//! (`#[sqlx::test]`) on the Postgres named by DATABASE_URL.
+//! The API tests, one binary: the service (each test on a fresh migrated database on the
+//! Postgres named by TEST_DATABASE_URL), the Moment simulator, and the two together.
 
 mod charges;
 mod helpers;
 mod mandates;
 mod server;
+mod sim_api;
 mod testdb;
 mod webhooks;
