@@ -37,12 +37,12 @@ impl Default for RetryPolicy {
 /// Why a call to Moment did not give a usable answer.
 #[derive(Debug, thiserror::Error)]
 pub enum MomentError {
-    /// Moment answered with a 4xx other than 429: the request itself was refused, and sending
-    /// it again would be refused again.
+    /// Moment answered with a 4xx other than 409 and 429: the request itself was refused, and
+    /// sending it again would be refused again.
     #[error("Moment refused the request ({status})")]
     Rejected { status: u16, problem: Problem },
-    /// No definite answer: 429, 5xx, timeout or network failure after every attempt. The
-    /// operation may or may not have happened at Moment.
+    /// No definite answer: 409 (in flight), 429, 5xx, timeout or network failure after every
+    /// attempt. The operation may or may not have happened at Moment.
     #[error("Moment unavailable: {0}")]
     Unavailable(String),
 }
@@ -120,7 +120,12 @@ impl MomentClient {
                             MomentError::Unavailable(format!("unreadable answer: {e}"))
                         });
                     }
-                    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+                    // 409 is a request under the same key still in flight at Moment: its
+                    // outcome is unknown, so it is retried like a 5xx, never taken as a refusal.
+                    if status.is_client_error()
+                        && status != StatusCode::TOO_MANY_REQUESTS
+                        && status != StatusCode::CONFLICT
+                    {
                         let problem = resp.json::<Problem>().await.unwrap_or_default();
                         tracing::warn!(status = status.as_u16(), title = ?problem.title, "Moment refused the request");
                         return Err(MomentError::Rejected {

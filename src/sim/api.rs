@@ -144,7 +144,8 @@ fn invalid(detail: &str) -> Response {
 }
 
 /// The create itself, under the idempotency key when there is one.
-/// The latency is spent while the key is in flight, so a concurrent duplicate sees `409`.
+/// The latency is the time the work takes, spent while the key is in flight, so a duplicate
+/// meanwhile sees `409`; replays and conflicts answer at once.
 async fn create(
     sim: &Arc<Sim>,
     key: Option<String>,
@@ -153,7 +154,7 @@ async fn create(
 ) -> (u16, Value, bool) {
     let hash = Sim::request_hash(body);
     let begin = key.as_ref().map(|k| sim.idempotency_begin(k, hash));
-    if !latency.is_zero() {
+    if matches!(begin, None | Some(Begin::Proceed)) && !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     if let Some(begin) = begin {

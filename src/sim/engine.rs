@@ -24,7 +24,8 @@ pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
-    /// Added to every API answer.
+    /// Milliseconds each API call takes (a create spends them with its idempotency key in
+    /// flight; a replay or a conflict answers at once).
     pub latency_ms: u64,
     /// Share of API calls answered `503` without taking effect.
     pub error_rate: f64,

@@ -2,6 +2,7 @@
 //! Postgres named by TEST_DATABASE_URL), the Moment simulator, and the two together.
 
 mod charges;
+mod flow;
 mod helpers;
 mod mandates;
 mod server;

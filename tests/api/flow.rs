@@ -1,0 +1,413 @@
+//! The service and the simulator together, as `moment-mandates dev` runs them: real sockets,
+//! real signed webhooks, the real Postgres. Each test has its own database and ports.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moment_mandates::dev::{self, Dev, DevOptions};
+use moment_mandates::sim::{Faults, Sim};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{Reply, eventually};
+use crate::sim_api::read;
+use crate::testdb::TestDb;
+
+pub struct Stack {
+    pub dev: Dev,
+    pub db: PgPool,
+    pub http: reqwest::Client,
+    _test_db: TestDb,
+}
+
+/// Service, simulator and demo shop on port 0, on a fresh database, with short delays.
+pub async fn start_stack(tweak: impl FnOnce(&mut DevOptions)) -> Stack {
+    let test_db = TestDb::new().await;
+    let mut opts = DevOptions::new(&test_db.url);
+    let any_port: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    opts.listen = any_port;
+    opts.sim_listen = any_port;
+    opts.demo_listen = any_port;
+    opts.settle_delay = Duration::from_millis(100);
+    opts.webhook_retry_schedule = [100, 200, 500, 1000, 2000, 4000]
+        .into_iter()
+        .map(Duration::from_millis)
+        .collect();
+    opts.moment_timeout = Duration::from_millis(500);
+    opts.worker_interval = Duration::from_millis(200);
+    tweak(&mut opts);
+    let dev = dev::start(opts).await.expect("dev stack starts");
+    Stack {
+        dev,
+        db: test_db.pool.clone(),
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        _test_db: test_db,
+    }
+}
+
+impl Stack {
+    pub fn sim(&self) -> &Arc<Sim> {
+        &self.dev.sim
+    }
+
+    pub async fn post(&self, path: &str, body: &Value, key: &str) -> Reply {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.dev.service_url))
+            .bearer_auth(&self.dev.api_key)
+            .header("accept", "application/json")
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        read(resp).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.dev.service_url))
+            .bearer_auth(&self.dev.api_key)
+            .send()
+            .await
+            .unwrap();
+        read(resp).await
+    }
+
+    /// `POST /mandates`: the mandate, `pending` with its checkout.
+    pub async fn start_mandate(&self, key: &str) -> Value {
+        let r = self
+            .post(
+                "/mandates",
+                &json!({"amount": 5000, "currency": "ZAR",
+                        "customer": {"name": "Thandi Example", "email": "thandi@example.com"}}),
+                key,
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.body
+    }
+
+    /// Pays the mandate's checkout with `card` at the simulator, as the customer would.
+    pub fn pay(&self, mandate: &Value, card: &str) -> Value {
+        self.sim()
+            .pay(mandate["session_id"].as_str().unwrap(), card)
+            .expect("checkout settles")
+    }
+
+    pub async fn wait_status(&self, path: &str, status: &str) -> Value {
+        eventually(&format!("{path} to be {status}"), async || {
+            self.get(path).await.body["status"] == status
+        })
+        .await;
+        self.get(path).await.body
+    }
+
+    /// An active mandate, paid with `card`.
+    pub async fn active_mandate(&self, key: &str, card: &str) -> Value {
+        let m = self.start_mandate(key).await;
+        self.pay(&m, card);
+        self.wait_status(
+            &format!("/mandates/{}", m["id"].as_str().unwrap()),
+            "active",
+        )
+        .await
+    }
+
+    /// Waits until the simulator has no delivery left to attempt.
+    pub async fn webhooks_settled(&self) {
+        eventually("webhook deliveries to finish", async || {
+            self.sim().stats().webhooks_pending == 0
+        })
+        .await;
+    }
+
+    /// Moment sessions of type `kind` per external reference.
+    pub fn sessions_by_reference(&self, kind: &str) -> std::collections::HashMap<String, usize> {
+        let mut out = std::collections::HashMap::new();
+        for s in self.sim().sessions() {
+            if s["type"] == kind {
+                *out.entry(s["external_reference"].as_str().unwrap_or("").to_owned())
+                    .or_default() += 1;
+            }
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mandate_and_a_charge_go_through_the_simulator_end_to_end() {
+    let stack = start_stack(|_| {}).await;
+    let mandate = stack.start_mandate("m-1").await;
+    assert_eq!(mandate["status"], "pending");
+    let id = mandate["id"].as_str().unwrap();
+    let session = stack
+        .sim()
+        .session(mandate["session_id"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(session["type"], "first_in_series");
+    assert_eq!(session["external_reference"], id);
+    assert_eq!(
+        session["return_url"],
+        format!("{}/mandates/{id}/return", stack.dev.service_url)
+    );
+    assert_eq!(mandate["checkout_url"], session["session_url"]);
+
+    let paid = stack.pay(&mandate, "4242424242424242");
+    let active = stack
+        .wait_status(&format!("/mandates/{id}"), "active")
+        .await;
+    assert_eq!(active["customer_id"], paid["customer_id"]);
+    assert_eq!(active["payment_method_id"], paid["payment_method_id"]);
+    let stored: (String, String) =
+        sqlx::query_as("select customer_id, payment_method_id from mandate where id = $1::uuid")
+            .bind(id)
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(stored.0, paid["customer_id"].as_str().unwrap());
+    assert_eq!(stored.1, paid["payment_method_id"].as_str().unwrap());
+
+    // The customer's return goes through the service to the shop's page.
+    let back = stack
+        .http
+        .get(format!("{}/mandates/{id}/return", stack.dev.service_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 303);
+    let location = back.headers()["location"].to_str().unwrap();
+    assert!(location.starts_with(&format!("{}/return?mandate_id={id}", stack.dev.demo_url)));
+    assert!(location.ends_with("status=active"));
+
+    let charge = stack
+        .post("/charges", &json!({"mandate_id": id}), "c-1")
+        .await;
+    assert_eq!(charge.status, 201, "{}", charge.body);
+    let charge_id = charge.body["id"].as_str().unwrap();
+    let done = stack
+        .wait_status(&format!("/charges/{charge_id}"), "succeeded")
+        .await;
+    assert!(done["payment_id"].as_str().unwrap().starts_with("pay_"));
+    let charges = stack.sessions_by_reference("next_in_series");
+    assert_eq!(charges.get(charge_id), Some(&1));
+    assert_eq!(charges.len(), 1);
+    stack.webhooks_settled().await;
+    let rejected = stack
+        .sim()
+        .deliveries()
+        .into_iter()
+        .filter(|d| !d.attempts.iter().all(|a| a.status.is_some_and(|s| s < 300)))
+        .count();
+    assert_eq!(rejected, 0, "the service accepted every signed webhook");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declined_checkouts_wait_and_declined_charges_fail() {
+    let stack = start_stack(|_| {}).await;
+    let mandate = stack.start_mandate("m-1").await;
+    let id = mandate["id"].as_str().unwrap();
+    let after = stack.pay(&mandate, "4000000000000002");
+    assert_eq!(
+        after["status"], "active",
+        "a decline leaves the checkout open"
+    );
+    stack.webhooks_settled().await;
+    assert_eq!(
+        stack.get(&format!("/mandates/{id}")).await.body["status"],
+        "pending"
+    );
+
+    // The customer tries a card that sets up but declines later charges.
+    stack.pay(&mandate, "4000000000000341");
+    stack
+        .wait_status(&format!("/mandates/{id}"), "active")
+        .await;
+    let charge = stack
+        .post(
+            "/charges",
+            &json!({"mandate_id": id, "amount": 2000}),
+            "c-1",
+        )
+        .await;
+    assert_eq!(charge.status, 201, "{}", charge.body);
+    let failed = stack
+        .wait_status(
+            &format!("/charges/{}", charge.body["id"].as_str().unwrap()),
+            "failed",
+        )
+        .await;
+    assert_eq!(failed["failure"]["code"], "card_declined", "{failed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_checkouts_expire_and_cancelled_ones_are_cancelled() {
+    let stack = start_stack(|o| o.session_expiry = Duration::from_millis(300)).await;
+    let m1 = stack.start_mandate("m-1").await;
+    stack
+        .wait_status(
+            &format!("/mandates/{}", m1["id"].as_str().unwrap()),
+            "expired",
+        )
+        .await;
+    let m2 = stack.start_mandate("m-2").await;
+    stack
+        .sim()
+        .end_checkout(
+            m2["session_id"].as_str().unwrap(),
+            moment_mandates::sim::Status::Cancelled,
+        )
+        .unwrap();
+    stack
+        .wait_status(
+            &format!("/mandates/{}", m2["id"].as_str().unwrap()),
+            "cancelled",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charges_survive_moment_errors_and_timeouts_with_one_payment_each() {
+    let stack = start_stack(|o| {
+        o.worker_interval = Duration::from_millis(100);
+    })
+    .await;
+    let mandate = stack.active_mandate("m-1", "4242424242424242").await;
+    stack
+        .sim()
+        .set_faults(Faults {
+            latency_ms: 50,
+            error_rate: 0.25,
+            timeout_rate: 0.15,
+            hang_ms: 1000,
+            ..Faults::default()
+        })
+        .unwrap();
+    let id = mandate["id"].as_str().unwrap();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let r = stack
+            .post(
+                "/charges",
+                &json!({"mandate_id": id, "amount": 100 + i}),
+                &format!("c-{i}"),
+            )
+            .await;
+        assert!(
+            matches!(r.status.as_u16(), 201 | 202),
+            "{} {}",
+            r.status,
+            r.body
+        );
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    for charge in &ids {
+        eventually(&format!("charge {charge} to settle"), async || {
+            stack.get(&format!("/charges/{charge}")).await.body["status"] == "succeeded"
+        })
+        .await;
+    }
+    let sessions = stack.sessions_by_reference("next_in_series");
+    for charge in &ids {
+        assert_eq!(
+            sessions.get(charge),
+            Some(&1),
+            "one Moment payment per charge"
+        );
+    }
+    assert_eq!(sessions.len(), ids.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_meets_an_in_flight_409_at_moment_is_not_a_refusal() {
+    let stack = start_stack(|_| {}).await;
+    let mandate = stack.active_mandate("m-1", "4242424242424242").await;
+    // Each call outlasts our 500 ms timeout; the retries under the same key meet Moment's
+    // "still in flight" 409 until the first call finishes.
+    stack
+        .sim()
+        .set_faults(Faults {
+            latency_ms: 800,
+            ..Faults::default()
+        })
+        .unwrap();
+    let r = stack
+        .post("/charges", &json!({"mandate_id": mandate["id"]}), "c-1")
+        .await;
+    let charge = r.body["id"].as_str().unwrap().to_owned();
+    stack.sim().set_faults(Faults::default()).unwrap();
+    let done = stack
+        .wait_status(&format!("/charges/{charge}"), "succeeded")
+        .await;
+    assert!(done["failure"].is_null());
+    assert_eq!(
+        stack.sessions_by_reference("next_in_series").get(&charge),
+        Some(&1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_and_reordered_webhooks_settle_exactly_once() {
+    let stack = start_stack(|o| {
+        o.faults.duplicate_rate = 1.0;
+        o.faults.reorder_window_ms = 150;
+    })
+    .await;
+    let mut charges = Vec::new();
+    for i in 0..5 {
+        let mandate = stack
+            .active_mandate(&format!("m-{i}"), "4242424242424242")
+            .await;
+        let r = stack
+            .post(
+                "/charges",
+                &json!({"mandate_id": mandate["id"]}),
+                &format!("c-{i}"),
+            )
+            .await;
+        charges.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    for c in &charges {
+        stack
+            .wait_status(&format!("/charges/{c}"), "succeeded")
+            .await;
+    }
+    stack.webhooks_settled().await;
+    let deliveries = stack.sim().deliveries();
+    assert!(deliveries.iter().any(|d| d.duplicate));
+    let distinct: std::collections::HashSet<_> =
+        deliveries.iter().map(|d| d.webhook_id.clone()).collect();
+    let stored: i64 = sqlx::query_scalar("select count(*) from webhook_event")
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(stored as usize, distinct.len(), "each message stored once");
+    assert_eq!(deliveries.len(), 2 * distinct.len());
+    let mandates: i64 = sqlx::query_scalar("select count(*) from mandate where status = 'active'")
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(mandates, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_back_webhooks_are_applied_when_released() {
+    let stack = start_stack(|o| o.faults.hold_webhooks = true).await;
+    let mandate = stack.start_mandate("m-1").await;
+    let id = mandate["id"].as_str().unwrap();
+    stack.pay(&mandate, "4242424242424242");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        stack.get(&format!("/mandates/{id}")).await.body["status"],
+        "pending",
+        "nothing arrived yet"
+    );
+    assert!(stack.sim().release_held() >= 4);
+    stack
+        .wait_status(&format!("/mandates/{id}"), "active")
+        .await;
+}
