@@ -1,6 +1,7 @@
 //! The API tests, one binary: the service (each test on a fresh migrated database on the
 //! Postgres named by TEST_DATABASE_URL), the Moment simulator, and the two together.
 
+mod browser;
 mod charges;
 mod flow;
 mod helpers;

@@ -1,0 +1,215 @@
+//! A customer in a real headless browser (Debian's chromium driven through chromedriver over
+//! WebDriver): the demo shop's Subscribe button, Moment's checkout at the simulator, the card
+//! form, the return page, then the Charge button, with Postgres checked at each step.
+//!
+//! Needs `chromium` and `chromium-driver` (`.ci/run` installs them). Without chromedriver the
+//! test fails and says so, unless MM_SKIP_BROWSER_TEST=1 is set.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::json;
+
+use crate::flow::start_stack;
+
+/// chromedriver, killed when dropped.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn find_program(name: &str, fallback: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .chain([PathBuf::from(fallback)])
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts chromedriver and opens a headless session.
+async fn browser() -> Option<(Driver, Client)> {
+    let Some(chromedriver) = find_program("chromedriver", "/usr/bin/chromedriver") else {
+        if std::env::var_os("MM_SKIP_BROWSER_TEST").is_some() {
+            eprintln!(
+                "browser test skipped: MM_SKIP_BROWSER_TEST is set and chromedriver is missing"
+            );
+            return None;
+        }
+        panic!(
+            "chromedriver not found: install Debian's chromium and chromium-driver \
+             (apt-get install chromium chromium-driver, as .ci/run does), \
+             or set MM_SKIP_BROWSER_TEST=1 to skip this test"
+        );
+    };
+    let port = free_port();
+    let driver = Driver(
+        Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts"),
+    );
+    let mut options = json!({
+        "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1000,900"]
+    });
+    if let Some(chromium) = find_program("chromium", "/usr/bin/chromium") {
+        options["binary"] = json!(chromium);
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert("goog:chromeOptions".into(), options);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(client) => return Some((driver, client)),
+            Err(e) if Instant::now() > deadline => panic!("no WebDriver session: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The text of element `#id` once it reads `want`; the page may reload meanwhile.
+async fn wait_for_text(client: &Client, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(el) = client.find(Locator::Id(id)).await
+            && let Ok(text) = el.text().await
+        {
+            if text == want {
+                return;
+            }
+            last = text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let url = client
+        .current_url()
+        .await
+        .map(|u| u.to_string())
+        .unwrap_or_default();
+    panic!("#{id} never read {want:?} (last {last:?}) at {url}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_subscribes_in_a_real_browser_and_is_charged() {
+    let Some((_driver, client)) = browser().await else {
+        return;
+    };
+    let stack = start_stack(|_| {}).await;
+    let wait = Duration::from_secs(20);
+
+    // The shop: Subscribe (its server side calls POST /mandates with the API key).
+    client.goto(&stack.dev.demo_url).await.unwrap();
+    client
+        .find(Locator::Id("subscribe"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // Moment's checkout, at the simulator.
+    let card = client
+        .wait()
+        .at_most(wait)
+        .for_element(Locator::Id("card-number"))
+        .await
+        .unwrap();
+    let url = client.current_url().await.unwrap();
+    assert!(
+        url.as_str()
+            .starts_with(&format!("{}/checkout/", stack.dev.sim_url)),
+        "{url}"
+    );
+    card.send_keys("4242 4242 4242 4242").await.unwrap();
+    client
+        .find(Locator::Id("expiry"))
+        .await
+        .unwrap()
+        .send_keys("12/34")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("cvc"))
+        .await
+        .unwrap()
+        .send_keys("123")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("pay"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // Back at the shop, through the service's return route.
+    wait_for_text(&client, "mandate-status", "active").await;
+    let mandate_id = client
+        .find(Locator::Id("mandate-id"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (status, pm): (String, Option<String>) =
+        sqlx::query_as("select status, payment_method_id from mandate where id = $1::uuid")
+            .bind(&mandate_id)
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(status, "active");
+    assert!(pm.unwrap().starts_with("pmt_"));
+
+    // Charge it: the page refreshes until Moment settles the charge.
+    client
+        .find(Locator::Id("charge"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "charge-status", "succeeded").await;
+    let charge_id = client
+        .find(Locator::Id("charge-id"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (status, mandate): (String, String) =
+        sqlx::query_as("select status, mandate_id::text from charge where id = $1::uuid")
+            .bind(&charge_id)
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), mandate.as_str()),
+        ("succeeded", mandate_id.as_str())
+    );
+    client.close().await.unwrap();
+}
