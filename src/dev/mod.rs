@@ -213,7 +213,7 @@ Or by hand:
 1. Start a mandate (answers with the mandate and its checkout_url):
    curl -s {svc}/mandates -H 'Authorization: Bearer {key}' \
      -H 'Content-Type: application/json' -H 'Accept: application/json' \
-     -H "Idempotency-Key: $(uuidgen || date +%s%N)" \
+     -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" \
      -d '{{"amount": 5000, "currency": "ZAR", "customer": {{"name": "Thandi", "email": "thandi@example.com"}}}}'
 
 2. Open its checkout_url in a browser and pay with the test card, or settle it without one:
@@ -222,7 +222,7 @@ Or by hand:
 
 3. Charge it (the mandate must be active):
    curl -s {svc}/charges -H 'Authorization: Bearer {key}' \
-     -H 'Content-Type: application/json' -H "Idempotency-Key: $(uuidgen || date +%s%N)" \
+     -H 'Content-Type: application/json' -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" \
      -d '{{"mandate_id": "<mandate id>"}}'
 
 4. Follow it:
