@@ -11,7 +11,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::PropagateRequestIdLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -22,9 +22,10 @@ use crate::error::problem_fallback;
 use crate::moment::signature::{Verifier, WebhookSecret};
 use crate::moment::{MomentClient, RetryPolicy};
 use crate::routes::{charges, health, mandates, webhooks};
+use crate::telemetry::{REQUEST_ID_HEADER, assign_request_id};
 use crate::{db, worker};
 
-/// Largest request body accepted (bytes); larger ones get 413.
+/// Default largest request body accepted (bytes); larger ones get 413.
 pub const BODY_LIMIT: usize = 256 * 1024;
 
 /// Settings the handlers read.
@@ -71,11 +72,17 @@ impl AppState {
     }
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
 /// Every route, with its middleware. `request_timeout` answers a slow request with 408; its
 /// database and Moment work runs detached and completes regardless.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    router_with_limit(state, request_timeout, BODY_LIMIT)
+}
+
+/// `router` with a body limit other than the default.
+pub fn router_with_limit(state: AppState, request_timeout: Duration, body_limit: usize) -> Router {
+    crate::metrics::handle();
     let merchant = Router::new()
         .route("/mandates", post(mandates::create).get(mandates::list))
         .route("/mandates/{id}", get(mandates::show))
@@ -90,7 +97,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/mandates/{id}/return", get(mandates::customer_return))
         .route("/webhooks/moment", post(webhooks::receive))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::metrics::render));
     let trace = TraceLayer::new_for_http()
         .make_span_with(|req: &Request| {
             // The route template, never the raw URI: paths and queries can carry ids and more.
@@ -100,7 +108,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
                 .map_or("unmatched", |p| p.as_str());
             let request_id = req
                 .headers()
-                .get(&REQUEST_ID)
+                .get(REQUEST_ID_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             tracing::info_span!("request", method = %req.method(), route, request_id)
@@ -110,14 +118,15 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     merchant
         .merge(public)
         .layer(middleware::map_response(problem_fallback))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        .layer(middleware::from_fn(crate::metrics::track_http))
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn(assign_request_id))
         .with_state(state)
 }
 
@@ -134,11 +143,27 @@ pub async fn run(
     let (stop_worker, stopped) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(worker::run(state.clone(), config.worker_interval, stopped));
     tracing::info!(addr = %listener.local_addr()?, public_url = %config.public_url, "listening");
-    axum::serve(listener, router(state, config.request_timeout))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let app = router_with_limit(state.clone(), config.request_timeout, config.body_limit);
+    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = signalled.send(());
+    });
+    // After the signal: no new connections; in-flight requests get `shutdown_timeout` to
+    // finish (their database work is detached and completes regardless).
+    let grace = config.shutdown_timeout;
+    tokio::select! {
+        served = server.into_future() => served?,
+        () = async {
+            let _ = on_signal.await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(secs = grace.as_secs_f64(), "in-flight requests did not finish in time; stopping anyway"),
+    }
     let _ = stop_worker.send(true);
-    let _ = worker.await;
+    if tokio::time::timeout(grace, worker).await.is_err() {
+        tracing::warn!("the worker did not finish its run in time; stopping anyway");
+    }
+    state.db.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -195,6 +195,12 @@ pub struct ServeArgs {
     /// Seconds a request may take before it is answered 408 (its work still completes).
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value = "60")]
     pub request_timeout_secs: String,
+    /// Seconds to finish in-flight requests and background work after SIGTERM or Ctrl-C.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value = "30")]
+    pub shutdown_timeout_secs: String,
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, env = "BODY_LIMIT_BYTES", default_value = "262144")]
+    pub body_limit_bytes: String,
     /// Seconds between runs of the background worker (resends, deferred events).
     #[arg(long, env = "WORKER_INTERVAL_SECS", default_value = "5")]
     pub worker_interval_secs: String,
@@ -242,6 +248,8 @@ pub struct Config {
     pub api_keys: Vec<SecretString>,
     pub default_return_url: Option<String>,
     pub request_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub body_limit: usize,
     pub worker_interval: Duration,
     pub log_format: LogFormat,
 }
@@ -467,6 +475,10 @@ impl ServeArgs {
             return Err(bad("MOMENT_MAX_ATTEMPTS", "must be at least 1"));
         }
         let log_format = log_format(&self.log_format)?;
+        let body_limit: usize = number("BODY_LIMIT_BYTES", &self.body_limit_bytes)?;
+        if body_limit < 1024 {
+            return Err(bad("BODY_LIMIT_BYTES", "must be at least 1024"));
+        }
         Ok(Config {
             db,
             migrate: !self.no_migrate,
@@ -481,6 +493,8 @@ impl ServeArgs {
             api_keys,
             default_return_url,
             request_timeout: positive_secs("REQUEST_TIMEOUT_SECS", &self.request_timeout_secs)?,
+            shutdown_timeout: positive_secs("SHUTDOWN_TIMEOUT_SECS", &self.shutdown_timeout_secs)?,
+            body_limit,
             worker_interval: positive_secs("WORKER_INTERVAL_SECS", &self.worker_interval_secs)?,
             log_format,
         })

@@ -73,12 +73,20 @@ pub async fn migrations_applied(pool: &PgPool) -> sqlx::Result<bool> {
 
 /// Runs `work` in its own task and waits for it. If the caller is dropped (the client hung
 /// up, a timeout fired), the work still runs to its end: sqlx's `begin()` is not cancel-safe,
-/// and a transaction cut short can swallow later writes on the same connection.
+/// and a transaction cut short can swallow later writes on the same connection. The request
+/// id goes along, so calls to Moment made inside carry it.
 pub async fn detached<F, T>(work: F) -> T
 where
     F: Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
+    let request_id = crate::telemetry::request_id();
+    crate::metrics::DB_WORK_IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let work = async move {
+        let out = crate::telemetry::with_request_id(request_id, work).await;
+        crate::metrics::DB_WORK_IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        out
+    };
     match tokio::spawn(work).await {
         Ok(value) => value,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -8,6 +8,7 @@ pub mod dev;
 pub mod domain;
 pub mod error;
 pub mod html;
+pub mod metrics;
 pub mod moment;
 pub mod routes;
 pub mod sim;

@@ -143,6 +143,8 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<Dev> {
         api_keys: vec![api_key.clone().into()],
         default_return_url: Some(format!("{demo_url}/return")),
         request_timeout: Duration::from_secs(60),
+        shutdown_timeout: Duration::from_secs(10),
+        body_limit: crate::app::BODY_LIMIT,
         worker_interval: opts.worker_interval,
         log_format: LogFormat::Text,
     };

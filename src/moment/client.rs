@@ -85,7 +85,7 @@ impl MomentClient {
         idempotency_key: &str,
     ) -> Result<Session, MomentError> {
         let url = format!("{}/collect/payment_sessions", self.base_url);
-        self.call(|| {
+        self.call("create_session", || {
             self.http
                 .post(&url)
                 .header("Idempotency-Key", idempotency_key)
@@ -102,17 +102,32 @@ impl MomentClient {
             self.base_url,
             urlencode(id)
         );
-        self.call(|| self.http.get(&url)).await
+        self.call("get_session", || self.http.get(&url)).await
     }
 
+    /// Sends the request, retrying as the policy says. Every attempt carries the current
+    /// request id (a new one outside a request) and is counted by `operation`.
     async fn call(
         &self,
+        operation: &'static str,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Session, MomentError> {
+        let request_id =
+            crate::telemetry::request_id().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let mut attempt = 1;
         loop {
-            let request = build().bearer_auth(self.secret_key.expose_secret());
-            let (reason, retry_after) = match request.send().await {
+            let request = build()
+                .bearer_auth(self.secret_key.expose_secret())
+                .header(crate::telemetry::REQUEST_ID_HEADER, &request_id);
+            let started = std::time::Instant::now();
+            let sent = request.send().await;
+            let label = match &sent {
+                Ok(resp) => resp.status().as_u16().to_string(),
+                Err(e) if e.is_timeout() => "timeout".to_owned(),
+                Err(_) => "network".to_owned(),
+            };
+            crate::metrics::moment_call(operation, label, started);
+            let (reason, retry_after) = match sent {
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_success() {

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use crate::app::AppState;
 use crate::db::detached;
 use crate::error::ApiError;
+use crate::metrics;
 use crate::moment::signature::{SignatureError, SignedHeaders};
 use crate::moment::wire::Event;
 use crate::workflow::events::{self, Receipt};
@@ -31,10 +32,31 @@ pub async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
+    let result = verify_and_store(state, &headers, body).await;
+    if let Err(e) = &result {
+        match e {
+            ApiError::Webhook(SignatureError::Mismatch) => {
+                metrics::webhook("unknown", "rejected", "signature")
+            }
+            ApiError::Webhook(SignatureError::Timestamp) => {
+                metrics::webhook("unknown", "rejected", "timestamp")
+            }
+            ApiError::Webhook(_) => metrics::webhook("unknown", "rejected", "malformed"),
+            _ => metrics::webhook("unknown", "unavailable", ""),
+        }
+    }
+    result
+}
+
+async fn verify_and_store(
+    state: AppState,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
     let signed = SignedHeaders {
-        id: header(&headers, "webhook-id")?,
-        timestamp: header(&headers, "webhook-timestamp")?,
-        signature: header(&headers, "webhook-signature")?,
+        id: header(headers, "webhook-id")?,
+        timestamp: header(headers, "webhook-timestamp")?,
+        signature: header(headers, "webhook-signature")?,
     };
     let webhook_id = state
         .verifier
@@ -58,13 +80,19 @@ pub async fn receive(
     .map_err(ApiError::DatabaseUnavailable)?;
     let (receipt, kind, webhook_id) = receipt;
     match receipt {
-        Receipt::Duplicate => tracing::info!(webhook_id, event_type = kind, "duplicate webhook"),
-        Receipt::Stored(outcome) => tracing::info!(
-            webhook_id,
-            event_type = kind,
-            outcome = outcome.as_str(),
-            "webhook stored"
-        ),
+        Receipt::Duplicate => {
+            metrics::webhook(&kind, "duplicate", "");
+            tracing::info!(webhook_id, event_type = kind, "duplicate webhook")
+        }
+        Receipt::Stored(outcome) => {
+            metrics::webhook(&kind, outcome.as_str(), "");
+            tracing::info!(
+                webhook_id,
+                event_type = kind,
+                outcome = outcome.as_str(),
+                "webhook stored"
+            )
+        }
     }
     Ok(StatusCode::NO_CONTENT)
 }

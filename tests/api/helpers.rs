@@ -59,6 +59,8 @@ pub fn test_config(database_url: &str, moment_url: &str) -> Config {
         api_keys: vec!["other-key".into(), API_KEY.into()],
         default_return_url: Some("https://shop.test/done".into()),
         request_timeout: Duration::from_secs(30),
+        shutdown_timeout: Duration::from_secs(10),
+        body_limit: moment_mandates::app::BODY_LIMIT,
         worker_interval: Duration::from_millis(200),
         log_format: LogFormat::Text,
     }

@@ -111,7 +111,7 @@ async fn health_and_readiness() {
 }
 
 /// Starts `run()` on a port-0 listener against the test database.
-async fn serve(
+pub async fn serve(
     database_url: &str,
     moment_url: &str,
 ) -> (
@@ -252,7 +252,7 @@ fn fastrand_like(n: u64) -> u64 {
 }
 
 /// Stops a service started by `serve` and asserts it exits cleanly within 10 s.
-async fn shut_down(
+pub async fn shut_down(
     stop: tokio::sync::oneshot::Sender<()>,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {

@@ -1,0 +1,358 @@
+//! What an operator sees: metrics, request ids sent on to Moment, logs free of secrets and
+//! personal data, and a clean, bounded shutdown.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use moment_mandates::config::LogFormat;
+use serde_json::json;
+use tracing_subscriber::EnvFilter;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::flow::start_stack;
+use crate::helpers::{
+    API_KEY, SessionResponder, TestApp, WEBHOOK_SECRET, completed_first_in_series, eventually,
+    mandate_body,
+};
+use crate::server::{serve, shut_down};
+use crate::testdb::TestDb;
+
+/// The value of the sample of `name` carrying every label in `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_webhooks_moment_calls_and_records() {
+    let app = TestApp::new().await;
+    app.moment_accepts_sessions().await;
+    let mandate = app.create_mandate(&mandate_body()).await;
+    let done = app
+        .post_webhook(
+            "payment_session.completed",
+            &completed_first_in_series(&mandate),
+        )
+        .await;
+    assert_eq!(done.status, 204);
+    let forged = app
+        .post_raw_webhook(
+            &[
+                ("webhook-id", "msg_forged"),
+                ("webhook-timestamp", &crate::helpers::now_secs().to_string()),
+                (
+                    "webhook-signature",
+                    "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                ),
+            ],
+            "{}".into(),
+        )
+        .await;
+    assert_eq!(forged.status, 401);
+
+    let resp = app.get_public("/metrics").await;
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = resp.body.as_str().expect("Prometheus text").to_owned();
+    let has = |name: &str, labels: &[(&str, &str)]| {
+        sample(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+    };
+    assert!(
+        has(
+            "http_requests_total",
+            &[("method", "POST"), ("route", "/mandates")]
+        ) >= 1.0
+    );
+    assert!(
+        has(
+            "http_request_duration_seconds_count",
+            &[("route", "/webhooks/moment"), ("status", "204")]
+        ) >= 1.0
+    );
+    assert!(
+        has(
+            "webhooks_total",
+            &[
+                ("event_type", "payment_session.completed"),
+                ("outcome", "applied")
+            ]
+        ) >= 1.0
+    );
+    assert!(
+        has(
+            "webhooks_total",
+            &[("outcome", "rejected"), ("reason", "signature")]
+        ) >= 1.0
+    );
+    assert!(
+        has(
+            "moment_requests_total",
+            &[("operation", "create_session"), ("status", "201")]
+        ) >= 1.0
+    );
+    assert!(
+        has(
+            "moment_request_duration_seconds_bucket",
+            &[("operation", "create_session")]
+        ) >= 0.0
+    );
+    assert_eq!(has("mandates", &[("status", "active")]), 1.0);
+    assert_eq!(has("charges", &[("status", "succeeded")]), 0.0);
+    assert!(has("db_pool_connections", &[("state", "in_use")]) >= 0.0);
+    assert!(has("db_pool_max_connections", &[]) >= 1.0);
+    assert!(has("db_pool_waiting", &[]) >= 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_id_is_returned_and_sent_on_to_moment() {
+    let app = TestApp::new().await;
+    app.moment_accepts_sessions().await;
+    let r = app
+        .post(
+            "/mandates",
+            &mandate_body(),
+            &[
+                ("x-request-id", "req-ops-0001"),
+                ("accept", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("x-request-id"), Some("req-ops-0001"));
+    let sent = app.moment.received_requests().await.unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].headers["x-request-id"], "req-ops-0001");
+
+    // An unusable id (too long) is replaced by a fresh one, which Moment sees too.
+    let long = "x".repeat(200);
+    let mut body = mandate_body();
+    body["amount"] = json!(7000);
+    let r = app
+        .post("/mandates", &body, &[("x-request-id", &long)])
+        .await;
+    let given = r.header("x-request-id").unwrap().to_owned();
+    assert_ne!(given, long);
+    assert_eq!(given.len(), 36, "a UUID");
+    let sent = app.moment.received_requests().await.unwrap();
+    assert_eq!(sent[1].headers["x-request-id"], given.as_str());
+}
+
+/// Every log line of this test binary, in the production JSON format.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured_logs() -> Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        moment_mandates::telemetry::init_with(
+            LogFormat::Json,
+            EnvFilter::new("info,moment_mandates=debug,tower_http=debug"),
+            move || writer.clone(),
+        );
+        logs
+    })
+    .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_or_personal_data_reaches_the_logs() {
+    let logs = captured_logs();
+    let stack = start_stack(|_| {}).await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let name = format!("Nomvula Privatename{tag}");
+    let email = format!("nomvula.{tag}@example.com");
+    let r = stack
+        .post(
+            "/mandates",
+            &json!({"amount": 5000, "currency": "ZAR", "customer": {"name": name, "email": email}}),
+            "m-logs",
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    stack.pay(&r.body, "4242424242424242");
+    stack
+        .wait_status(&format!("/mandates/{id}"), "active")
+        .await;
+    let charge = stack
+        .post("/charges", &json!({"mandate_id": id}), "c-logs")
+        .await;
+    let charge_id = charge.body["id"].as_str().unwrap().to_owned();
+    stack
+        .wait_status(&format!("/charges/{charge_id}"), "succeeded")
+        .await;
+    // A caller with a wrong key, and a forged webhook.
+    let wrong_key = format!("wrong-key-{tag}");
+    let refused = reqwest::Client::new()
+        .get(format!("{}/mandates/{id}", stack.dev.service_url))
+        .bearer_auth(&wrong_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    stack.dev.sim.stats();
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let secret_b64 = stack.dev.webhook_secret.trim_start_matches("whsec_");
+    for (what, needle) in [
+        ("customer name", name.as_str()),
+        ("customer e-mail", email.as_str()),
+        ("API key", stack.dev.api_key.as_str()),
+        ("wrong API key", wrong_key.as_str()),
+        ("Moment secret key", stack.dev.moment_secret_key.as_str()),
+        ("webhook secret", secret_b64),
+    ] {
+        assert!(!text.contains(needle), "the {what} appears in the logs");
+    }
+    // The logs are there and useful: one JSON line per request with route, status, latency
+    // and request id.
+    let request_lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &serde_json::Value| {
+            l["message"] == "finished processing request" && l["span"]["route"] == "/charges"
+        })
+        .collect();
+    let line = request_lines
+        .first()
+        .expect("a request line for POST /charges");
+    assert!(line["status"].is_number(), "{line}");
+    assert!(line["latency"].is_string(), "{line}");
+    assert!(
+        line["span"]["request_id"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_requests_finish_and_returns() {
+    let test_db = TestDb::new().await;
+    let moment = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/collect/payment_sessions"))
+        .respond_with(SessionResponder)
+        .mount(&moment)
+        .await;
+    // Slow Moment: the request is in flight when the signal comes.
+    moment.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/collect/payment_sessions"))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_delay(Duration::from_millis(400))
+                .set_body_json(
+                    json!({"id": "ps_slow", "type": "first_in_series", "status": "active",
+                   "payment_outcome": "not_started", "customer_id": "cus_1",
+                   "session_url": "https://checkout.test/ckt1"}),
+                ),
+        )
+        .mount(&moment)
+        .await;
+    let (base, stop, handle) = serve(&test_db.url, &moment.uri()).await;
+    let http = reqwest::Client::new();
+    let in_flight = tokio::spawn({
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            http.post(format!("{base}/mandates"))
+                .bearer_auth(API_KEY)
+                .header("accept", "application/json")
+                .json(&mandate_body())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = Instant::now();
+    shut_down(stop, handle).await;
+    assert_eq!(
+        in_flight.await.unwrap(),
+        201,
+        "the in-flight request finished"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        http.get(format!("{base}/healthz")).send().await.is_err(),
+        "no new connections after shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_logs_json_and_stops_on_sigterm() {
+    let test_db = TestDb::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_moment-mandates"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &test_db.url)
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("MOMENT_API_URL", "http://127.0.0.1:9")
+        .env("MOMENT_SECRET_KEY", "sk_test_sigterm")
+        .env("MOMENT_WEBHOOK_SECRETS", WEBHOOK_SECRET)
+        .env("API_KEYS", "sigterm-key")
+        .env("SHUTDOWN_TIMEOUT_SECS", "5")
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    eventually("the binary to be ready", async || {
+        reqwest::get(format!("{base}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let started = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "exit: {:?}", out.status);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON line: {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["message"] == "shutting down"));
+    assert!(lines.iter().any(|l| l["message"] == "stopped"));
+}
