@@ -8,13 +8,15 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, StatusCode};
 use axum::middleware;
-use axum::routing::{get, post};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::request_id::PropagateRequestIdLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{ApiKeys, require_api_key};
 use crate::config::Config;
@@ -23,7 +25,7 @@ use crate::moment::signature::{Verifier, WebhookSecret};
 use crate::moment::{MomentClient, RetryPolicy};
 use crate::routes::{charges, health, mandates, webhooks};
 use crate::telemetry::{REQUEST_ID_HEADER, assign_request_id};
-use crate::{db, worker};
+use crate::{db, openapi, worker};
 
 /// Default largest request body accepted (bytes); larger ones get 413.
 pub const BODY_LIMIT: usize = 256 * 1024;
@@ -83,22 +85,29 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
 /// `router` with a body limit other than the default.
 pub fn router_with_limit(state: AppState, request_timeout: Duration, body_limit: usize) -> Router {
     crate::metrics::handle();
-    let merchant = Router::new()
-        .route("/mandates", post(mandates::create).get(mandates::list))
-        .route("/mandates/{id}", get(mandates::show))
-        .route("/mandates/{id}/revoke", post(mandates::revoke))
-        .route("/charges", post(charges::create).get(charges::list))
-        .route("/charges/{id}", get(charges::show))
+    let merchant = OpenApiRouter::new()
+        .routes(routes!(mandates::create, mandates::list))
+        .routes(routes!(mandates::show))
+        .routes(routes!(mandates::revoke))
+        .routes(routes!(charges::create, charges::list))
+        .routes(routes!(charges::show))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
         ));
-    let public = Router::new()
-        .route("/mandates/{id}/return", get(mandates::customer_return))
-        .route("/webhooks/moment", post(webhooks::receive))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(crate::metrics::render));
+    let public = OpenApiRouter::new()
+        .routes(routes!(mandates::customer_return))
+        .routes(routes!(webhooks::receive))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(crate::metrics::render))
+        .routes(routes!(openapi::document))
+        .routes(routes!(openapi::docs));
+    let (routes, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(merchant)
+        .merge(public)
+        .split_for_parts();
+    openapi::publish(&doc);
     let trace = TraceLayer::new_for_http()
         .make_span_with(|req: &Request| {
             // The route template, never the raw URI: paths and queries can carry ids and more.
@@ -115,8 +124,7 @@ pub fn router_with_limit(state: AppState, request_timeout: Duration, body_limit:
         })
         .on_request(())
         .on_response(DefaultOnResponse::new().level(Level::INFO));
-    merchant
-        .merge(public)
+    routes
         .layer(middleware::map_response(problem_fallback))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(

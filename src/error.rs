@@ -118,8 +118,12 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-/// An RFC 9457 problem details body.
-#[derive(Debug, Serialize)]
+/// An RFC 9457 problem details body (`application/problem+json`).
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "urn:moment-mandates:problem:invalid-request", "title": "Unprocessable Entity",
+    "status": 422, "detail": "must be an absolute http(s) URL", "field": "return_url"
+}))]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
@@ -127,7 +131,7 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     /// The offending field, as a JSON path (`customer.email`) or a header or parameter name.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
 

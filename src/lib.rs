@@ -10,6 +10,7 @@ pub mod error;
 pub mod html;
 pub mod metrics;
 pub mod moment;
+pub mod openapi;
 pub mod routes;
 pub mod sim;
 pub mod store;

@@ -16,13 +16,18 @@ use super::{
 use crate::app::AppState;
 use crate::db::detached;
 use crate::domain::Charge;
-use crate::error::ApiError;
+use crate::domain::ChargeStatus;
+use crate::error::{ApiError, Problem};
 use crate::store::charges as store;
 use crate::workflow::charges::{self as flow, ChargeRequest};
 
 /// `POST /charges` body.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "mandate_id": "01a20e0a-fb07-7569-a87f-9afae148c0ff", "amount": 5000,
+    "reference": "inv_2026_12", "metadata": {"invoice": "2026-12"}
+}))]
 pub struct CreateCharge {
     pub mandate_id: String,
     /// Minor units; the mandate's amount when absent.
@@ -64,6 +69,23 @@ impl CreateCharge {
 /// `201` with the charge once Moment has answered, `202` while its outcome is unknown (it is
 /// resent in the background under the same Moment key). A retry under the same
 /// `Idempotency-Key` replays the first final answer with `Idempotent-Replayed: true`.
+#[utoipa::path(
+    post, path = "/charges", tag = "charges", security(("api_key" = [])),
+    request_body = CreateCharge,
+    params(("Idempotency-Key" = String, Header, description = "Required: one key per charge; a retry with the same key and body never charges twice")),
+    responses(
+        (status = 201, description = "Moment has the charge: `processing`, then `succeeded` or `failed` by webhook", body = Charge,
+         headers(("Location" = String), ("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 202, description = "Moment's answer is not known yet: `pending`, resent in the background under the same Moment key", body = Charge),
+        (status = 400, description = "Malformed body, header or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such mandate", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The mandate is not active, or a request with this key is still in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field (see `field`), or the key was used with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable; retry with the same key", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -88,6 +110,17 @@ pub async fn create(
     Ok(resp)
 }
 
+/// One charge.
+#[utoipa::path(
+    get, path = "/charges/{id}", tag = "charges", security(("api_key" = [])),
+    params(("id" = Uuid, Path, description = "Charge id")),
+    responses(
+        (status = 200, description = "The charge", body = Charge),
+        (status = 400, description = "Malformed body, header or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such charge", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -108,6 +141,20 @@ pub struct ListQuery {
     page: Page,
 }
 
+/// Charges, newest first.
+#[utoipa::path(
+    get, path = "/charges", tag = "charges", security(("api_key" = [])),
+    params(
+        ("mandate_id" = Option<Uuid>, Query, description = "Only this mandate's charges"),
+        ("status" = Option<ChargeStatus>, Query, description = "Only charges in this status"),
+        Page,
+    ),
+    responses(
+        (status = 200, description = "A page of charges", body = List<Charge>),
+        (status = 400, description = "Malformed body, header or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,

@@ -16,13 +16,19 @@ use super::{
 use crate::app::AppState;
 use crate::db::detached;
 use crate::domain::{Mandate, MandateStatus};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::store::mandates as store;
 use crate::workflow::mandates::{self as flow, MandateRequest};
 
 /// `POST /mandates` body.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "amount": 5000, "currency": "ZAR",
+    "customer": {"name": "Thandi Example", "email": "thandi@example.com"},
+    "return_url": "https://shop.example.com/subscribed", "reference": "sub_42",
+    "metadata": {"plan": "gold"}
+}))]
 pub struct CreateMandate {
     /// Minor units (cents), at least 0.
     pub amount: i64,
@@ -34,7 +40,8 @@ pub struct CreateMandate {
     pub metadata: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// The customer, sent to Moment to open the checkout; never returned or logged.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Customer {
     pub name: String,
@@ -110,6 +117,26 @@ fn wants_json(headers: &HeaderMap) -> bool {
 
 /// Records the mandate and opens its Moment checkout. `303` to the checkout by default;
 /// `201` with the mandate when the caller accepts `application/json`.
+#[utoipa::path(
+    post, path = "/mandates", tag = "mandates", security(("api_key" = [])),
+    request_body = CreateMandate,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and body give the same mandate (1 to 255 visible characters)"),
+        ("Accept" = Option<String>, Header, description = "`application/json` for a 201 with the mandate instead of the 303 redirect"),
+    ),
+    responses(
+        (status = 303, description = "Redirect to Moment's checkout; the body is the mandate", body = Mandate,
+         headers(("Location" = String, description = "The checkout URL"))),
+        (status = 201, description = "The mandate, pending, with its checkout_url (Accept: application/json)", body = Mandate,
+         headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 400, description = "Malformed body, header or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is still in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field (see `field`), a key reused with another body, or Moment refused the session", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Moment or the database is unavailable; retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -156,6 +183,17 @@ pub async fn create(
     Ok(resp)
 }
 
+/// One mandate.
+#[utoipa::path(
+    get, path = "/mandates/{id}", tag = "mandates", security(("api_key" = [])),
+    params(("id" = Uuid, Path, description = "Mandate id")),
+    responses(
+        (status = 200, description = "The mandate", body = Mandate),
+        (status = 400, description = "Malformed body, header or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such mandate", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -177,6 +215,21 @@ pub struct ListQuery {
     page: Page,
 }
 
+/// Mandates, newest first.
+#[utoipa::path(
+    get, path = "/mandates", tag = "mandates", security(("api_key" = [])),
+    params(
+        ("status" = Option<MandateStatus>, Query, description = "Only mandates in this status"),
+        ("customer_id" = Option<String>, Query, description = "Only this Moment customer's mandates"),
+        ("reference" = Option<String>, Query, description = "Only mandates with this reference"),
+        Page,
+    ),
+    responses(
+        (status = 200, description = "A page of mandates", body = List<Mandate>),
+        (status = 400, description = "Malformed body, header or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -204,6 +257,17 @@ pub async fn list(
 
 /// Revokes an active mandate: no charge is accepted on it afterwards. Moment documents no
 /// API to cancel a mandate, so this is enforced here.
+#[utoipa::path(
+    post, path = "/mandates/{id}/revoke", tag = "mandates", security(("api_key" = [])),
+    params(("id" = Uuid, Path, description = "Mandate id")),
+    responses(
+        (status = 200, description = "The revoked mandate", body = Mandate),
+        (status = 400, description = "Malformed body, header or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such mandate", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The mandate is not active", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -235,6 +299,18 @@ pub async fn revoke(
 
 /// Where Moment sends the customer after checkout. The state comes from Moment (fetched
 /// now), never from the query string; then the customer goes on to the merchant's page.
+#[utoipa::path(
+    get, path = "/mandates/{id}/return", tag = "mandates",
+    params(("id" = Uuid, Path, description = "Mandate id")),
+    responses(
+        (status = 303, description = "On to the mandate's return_url (or DEFAULT_RETURN_URL) with `mandate_id` and `status` added to its query",
+         headers(("Location" = String))),
+        (status = 200, description = "No return URL is known: the mandate's id and status", body = Object,
+         example = json!({"mandate_id": "01a20e0a-fb07-7569-a87f-9afae148c0ff", "status": "active"})),
+        (status = 400, description = "Not a mandate id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such mandate", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn customer_return(
     State(state): State<AppState>,
     Path(id): Path<String>,

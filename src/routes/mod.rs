@@ -142,9 +142,13 @@ pub fn check_reference(reference: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// Cursor pagination parameters shared by the list endpoints.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
+    /// Items per page, 1 to 100 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
+    /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -176,8 +180,8 @@ impl Page {
     }
 }
 
-/// A page of results; `next_cursor` is null on the last page.
-#[derive(Debug, Serialize)]
+/// A page of results, newest first; `next_cursor` is null on the last page.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct List<T> {
     pub data: Vec<T>,
     pub next_cursor: Option<String>,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::app::AppState;
 use crate::db::detached;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::metrics;
 use crate::moment::signature::{SignatureError, SignedHeaders};
 use crate::moment::wire::Event;
@@ -27,6 +27,27 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a s
 /// `204` for every verified delivery (duplicates and events we do not act on included),
 /// `401` for a bad signature or timestamp, `400` for missing or malformed headers, `503`
 /// when the event could not be stored, so that Moment delivers it again.
+#[utoipa::path(
+    post, path = "/webhooks/moment", tag = "webhooks",
+    request_body(content = Object, description = "Moment's event, verified on the raw bytes: `{\"id\": \"evt_…\", \"type\": \"payment_session.completed\", \"data\": {…}}`",
+        example = json!({"id": "evt_1PZbB4YdM2xqAqZbvaf1mfPQ", "type": "payment_session.completed",
+            "data": {"id": "ps_eLtQXMBUErQF5i", "type": "first_in_series", "status": "completed",
+                     "payment_outcome": "paid", "customer_id": "cus_J17pnG25nuvKu",
+                     "payment_method_id": "pmt_izWG6Vcvy4VYiU", "payment_id": "pay_rOaZNqKZMFxsRb2NBL1cj",
+                     "external_reference": "01a20e0a-fb07-7569-a87f-9afae148c0ff"}})),
+    params(
+        ("webhook-id" = String, Header, description = "The message id; a redelivery keeps it"),
+        ("webhook-timestamp" = i64, Header, description = "Unix seconds; refused beyond MOMENT_WEBHOOK_TOLERANCE_SECS either way"),
+        ("webhook-signature" = String, Header, description = "Space-separated `v1,<base64 HMAC-SHA256>` entries"),
+    ),
+    responses(
+        (status = 204, description = "Verified and stored (duplicates and event types we do not act on included)"),
+        (status = 400, description = "A Standard Webhooks header is missing or malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No signature matches, or the timestamp is out of tolerance", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over BODY_LIMIT_BYTES", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not stored (database unavailable): Moment delivers it again", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,

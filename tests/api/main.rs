@@ -6,6 +6,7 @@ mod charges;
 mod flow;
 mod helpers;
 mod mandates;
+mod openapi;
 mod ops;
 mod server;
 mod sim_api;
