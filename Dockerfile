@@ -15,6 +15,6 @@ RUN apt-get update \
 COPY --from=build /src/target/release/moment-mandates /usr/local/bin/moment-mandates
 USER 10001
 ENV LISTEN_ADDR=0.0.0.0:8080
-EXPOSE 8080
+EXPOSE 8080 8081
 ENTRYPOINT ["moment-mandates"]
 CMD ["serve"]

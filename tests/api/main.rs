@@ -3,6 +3,7 @@
 
 mod browser;
 mod charges;
+mod containers;
 mod flow;
 mod helpers;
 mod mandates;
