@@ -203,23 +203,37 @@ async fn create(
     (status, body, false)
 }
 
+/// A read: auth, faults, then `lookup`, or a 404 naming `what`.
+async fn read(
+    sim: &Sim,
+    headers: &HeaderMap,
+    instance: &str,
+    what: &str,
+    lookup: impl FnOnce(&Sim) -> Option<Value>,
+) -> Response {
+    let (fate, latency) = match admit(sim, headers, instance) {
+        Ok(f) => f,
+        Err(resp) => return *resp,
+    };
+    tokio::time::sleep(latency).await;
+    let found = lookup(sim);
+    hang(&fate).await;
+    match found {
+        Some(v) => Json(v).into_response(),
+        None => Problem::not_found(what).response(instance),
+    }
+}
+
 pub async fn get_session(
     State(sim): State<Arc<Sim>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
     let instance = format!("{SESSIONS}/{id}");
-    let (fate, latency) = match admit(&sim, &headers, &instance) {
-        Ok(f) => f,
-        Err(resp) => return *resp,
-    };
-    tokio::time::sleep(latency).await;
-    let found = sim.session(&id);
-    hang(&fate).await;
-    match found {
-        Some(s) => Json(s).into_response(),
-        None => Problem::not_found("payment session").response(&instance),
-    }
+    read(&sim, &headers, &instance, "payment session", |s| {
+        s.session(&id)
+    })
+    .await
 }
 
 pub async fn get_payment(
@@ -228,15 +242,5 @@ pub async fn get_payment(
     headers: HeaderMap,
 ) -> Response {
     let instance = format!("/collect/payments/{id}");
-    let (fate, latency) = match admit(&sim, &headers, &instance) {
-        Ok(f) => f,
-        Err(resp) => return *resp,
-    };
-    tokio::time::sleep(latency).await;
-    let found = sim.payment(&id);
-    hang(&fate).await;
-    match found {
-        Some(p) => Json(p).into_response(),
-        None => Problem::not_found("payment").response(&instance),
-    }
+    read(&sim, &headers, &instance, "payment", |s| s.payment(&id)).await
 }

@@ -222,6 +222,24 @@ impl From<PayError> for Problem {
     }
 }
 
+/// The session behind a checkout that can still change.
+fn open_checkout<'a>(
+    inner: &'a mut Inner,
+    session_id: &str,
+) -> Result<&'a mut SessionRecord, PayError> {
+    let record = inner
+        .sessions
+        .get_mut(session_id)
+        .ok_or(PayError::NotFound)?;
+    if record.session.kind == Kind::NextInSeries {
+        return Err(PayError::NotCheckout);
+    }
+    if record.session.status != Status::Active {
+        return Err(PayError::NotActive(record.session.status));
+    }
+    Ok(record)
+}
+
 impl Sim {
     pub fn new(config: SimConfig, public_url: String) -> anyhow::Result<Arc<Self>> {
         config.faults.check().map_err(anyhow::Error::msg)?;
@@ -492,16 +510,7 @@ impl Sim {
     pub fn pay(&self, session_id: &str, card_number: &str) -> Result<Value, PayError> {
         let card = cards::find(card_number).ok_or(PayError::UnknownCard)?;
         let mut inner = self.lock();
-        let record = inner
-            .sessions
-            .get_mut(session_id)
-            .ok_or(PayError::NotFound)?;
-        if record.session.kind == Kind::NextInSeries {
-            return Err(PayError::NotCheckout);
-        }
-        if record.session.status != Status::Active {
-            return Err(PayError::NotActive(record.session.status));
-        }
+        let record = open_checkout(&mut inner, session_id)?;
         let at = now();
         let last4 = card.number[card.number.len() - 4..].to_owned();
         record.last4 = last4.clone();
@@ -558,16 +567,7 @@ impl Sim {
     /// Ends an unfinished checkout as `expired` or `cancelled`.
     pub fn end_checkout(&self, session_id: &str, to: Status) -> Result<Value, PayError> {
         let mut inner = self.lock();
-        let record = inner
-            .sessions
-            .get_mut(session_id)
-            .ok_or(PayError::NotFound)?;
-        if record.session.kind == Kind::NextInSeries {
-            return Err(PayError::NotCheckout);
-        }
-        if record.session.status != Status::Active {
-            return Err(PayError::NotActive(record.session.status));
-        }
+        let record = open_checkout(&mut inner, session_id)?;
         record.session.set(to, Outcome::Unpaid);
         let session = serde_json::to_value(&record.session).unwrap_or_default();
         self.finish(
