@@ -36,6 +36,9 @@ pub struct Settings {
     pub public_url: String,
     pub default_return_url: Option<String>,
     pub api_keys: ApiKeys,
+    /// How long a pending mandate or processing charge may stay quiet before the worker asks
+    /// Moment about it.
+    pub reconcile_after: Duration,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -69,6 +72,7 @@ impl AppState {
                 public_url: config.public_url.clone(),
                 default_return_url: config.default_return_url.clone(),
                 api_keys: ApiKeys::new(&config.api_keys),
+                reconcile_after: config.reconcile_after,
             }),
         })
     }

@@ -204,6 +204,10 @@ pub struct ServeArgs {
     /// Seconds between runs of the background worker (resends, deferred events).
     #[arg(long, env = "WORKER_INTERVAL_SECS", default_value = "5")]
     pub worker_interval_secs: String,
+    /// Seconds a pending mandate or processing charge may stay quiet before the worker fetches
+    /// its session from Moment.
+    #[arg(long, env = "RECONCILE_AFTER_SECS", default_value = "300")]
+    pub reconcile_after_secs: String,
     /// Log format: json or text.
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -251,6 +255,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub body_limit: usize,
     pub worker_interval: Duration,
+    pub reconcile_after: Duration,
     pub log_format: LogFormat,
 }
 
@@ -496,6 +501,7 @@ impl ServeArgs {
             shutdown_timeout: positive_secs("SHUTDOWN_TIMEOUT_SECS", &self.shutdown_timeout_secs)?,
             body_limit,
             worker_interval: positive_secs("WORKER_INTERVAL_SECS", &self.worker_interval_secs)?,
+            reconcile_after: positive_secs("RECONCILE_AFTER_SECS", &self.reconcile_after_secs)?,
             log_format,
         })
     }

@@ -36,6 +36,8 @@ pub struct DevOptions {
     pub moment_timeout: Duration,
     pub moment_max_attempts: u32,
     pub worker_interval: Duration,
+    /// How long a mandate or charge may stay quiet before the worker asks the simulator.
+    pub reconcile_after: Duration,
 }
 
 impl DevOptions {
@@ -56,6 +58,7 @@ impl DevOptions {
             moment_timeout: Duration::from_secs(10),
             moment_max_attempts: 3,
             worker_interval: Duration::from_secs(2),
+            reconcile_after: Duration::from_secs(30),
         }
     }
 }
@@ -146,6 +149,7 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<Dev> {
         shutdown_timeout: Duration::from_secs(10),
         body_limit: crate::app::BODY_LIMIT,
         worker_interval: opts.worker_interval,
+        reconcile_after: opts.reconcile_after,
         log_format: LogFormat::Text,
     };
     let service = tokio::spawn(crate::app::run(

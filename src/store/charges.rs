@@ -246,3 +246,28 @@ pub async fn list(conn: impl PgExecutor<'_>, f: &Filter) -> sqlx::Result<Vec<Cha
     q.push(" order by id desc limit ").push_bind(f.limit);
     q.build_query_as().fetch_all(conn).await
 }
+
+/// Claims `processing` charges whose completion webhook has not come for `quiet_secs`, so that
+/// the reconciler fetches their session; each is then left alone for another `quiet_secs`.
+pub async fn claim_quiet(
+    conn: impl PgExecutor<'_>,
+    limit: i64,
+    quiet_secs: f64,
+) -> sqlx::Result<Vec<Charge>> {
+    sqlx::query_as(
+        "update charge set locked_until = now() + make_interval(secs => $2)
+         where id in (
+             select id from charge
+             where status = 'processing' and session_id is not null
+               and coalesce(locked_until, '-infinity') < now()
+               and updated_at < now() - make_interval(secs => $2)
+             order by updated_at
+             limit $1
+             for update skip locked)
+         returning *",
+    )
+    .bind(limit)
+    .bind(quiet_secs)
+    .fetch_all(conn)
+    .await
+}

@@ -214,3 +214,45 @@ pub async fn list(conn: impl PgExecutor<'_>, f: &Filter) -> sqlx::Result<Vec<Man
     q.push(" order by id desc limit ").push_bind(f.limit);
     q.build_query_as().fetch_all(conn).await
 }
+
+/// Claims pending mandates whose checkout has been quiet for `quiet_secs`, so that the
+/// reconciler asks Moment about them; each is then left alone for another `quiet_secs`.
+pub async fn claim_quiet(
+    conn: impl PgExecutor<'_>,
+    limit: i64,
+    quiet_secs: f64,
+) -> sqlx::Result<Vec<Mandate>> {
+    sqlx::query_as(
+        "update mandate set locked_until = now() + make_interval(secs => $2)
+         where id in (
+             select id from mandate
+             where status = 'pending' and session_id is not null
+               and coalesce(locked_until, '-infinity') < now()
+               and updated_at < now() - make_interval(secs => $2)
+             order by updated_at
+             limit $1
+             for update skip locked)
+         returning *",
+    )
+    .bind(limit)
+    .bind(quiet_secs)
+    .fetch_all(conn)
+    .await
+}
+
+/// Expires pending mandates that never got a Moment session (Moment was unreachable and the
+/// caller did not retry) once `after_secs` have passed: nothing can complete them.
+pub async fn expire_sessionless(conn: impl PgExecutor<'_>, after_secs: f64) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "update mandate set status = 'expired', updated_at = now(),
+                failure = jsonb_build_object('code', 'no_checkout_session',
+                    'message', 'Moment could not be reached to open the checkout, and no retry came')
+         where status = 'pending' and session_id is null
+           and coalesce(locked_until, '-infinity') < now()
+           and created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(after_secs)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}

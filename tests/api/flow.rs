@@ -411,3 +411,47 @@ async fn held_back_webhooks_are_applied_when_released() {
         .wait_status(&format!("/mandates/{id}"), "active")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_settles_what_no_webhook_reported() {
+    // Every webhook is held back for good: only the worker's fetches can settle anything.
+    let stack = start_stack(|o| {
+        o.faults.hold_webhooks = true;
+        o.reconcile_after = Duration::from_millis(300);
+        o.worker_interval = Duration::from_millis(100);
+        o.session_expiry = Duration::from_secs(2);
+    })
+    .await;
+    let paid = stack.start_mandate("m-paid").await;
+    let abandoned = stack.start_mandate("m-abandoned").await;
+    stack.pay(&paid, "4242424242424242");
+    let id = paid["id"].as_str().unwrap();
+    stack
+        .wait_status(&format!("/mandates/{id}"), "active")
+        .await;
+
+    let charge = stack
+        .post("/charges", &json!({"mandate_id": id}), "c-1")
+        .await;
+    assert_eq!(charge.body["status"], "processing");
+    let charge_id = charge.body["id"].as_str().unwrap();
+    let done = stack
+        .wait_status(&format!("/charges/{charge_id}"), "succeeded")
+        .await;
+    assert!(done["payment_id"].as_str().unwrap().starts_with("pay_"));
+
+    // The abandoned checkout expires at Moment; the worker finds out.
+    stack
+        .wait_status(
+            &format!("/mandates/{}", abandoned["id"].as_str().unwrap()),
+            "expired",
+        )
+        .await;
+    let stats = stack.sim().stats();
+    assert_eq!(stats.webhooks_delivered, 0, "no webhook was delivered");
+    assert!(stats.webhooks_held > 0);
+    assert_eq!(
+        stack.sessions_by_reference("next_in_series").get(charge_id),
+        Some(&1)
+    );
+}

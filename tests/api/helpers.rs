@@ -62,6 +62,7 @@ pub fn test_config(database_url: &str, moment_url: &str) -> Config {
         shutdown_timeout: Duration::from_secs(10),
         body_limit: moment_mandates::app::BODY_LIMIT,
         worker_interval: Duration::from_millis(200),
+        reconcile_after: Duration::from_secs(300),
         log_format: LogFormat::Text,
     }
 }

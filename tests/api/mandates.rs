@@ -468,3 +468,37 @@ async fn a_pending_mandate_cannot_be_revoked() {
     .await
     .problem(409);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mandate_that_never_got_a_checkout_expires_after_a_day() {
+    let app = TestApp::new().await;
+    moment_fails(&app, 503, None).await;
+    let r = app
+        .post(
+            "/mandates",
+            &mandate_body(),
+            &[("idempotency-key", "never-opened")],
+        )
+        .await;
+    r.problem(503);
+    let (id, status): (uuid::Uuid, String) = sqlx::query_as("select id, status from mandate")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(status, "pending");
+    // A run now leaves it alone: the caller may still retry under the same key.
+    moment_mandates::worker::run_once(&app.state).await.unwrap();
+    assert_eq!(
+        app.get(&format!("/mandates/{id}")).await.body["status"],
+        "pending"
+    );
+    sqlx::query("update mandate set created_at = now() - interval '25 hours', locked_until = null")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let tally = moment_mandates::worker::run_once(&app.state).await.unwrap();
+    assert_eq!(tally.mandates_expired, 1);
+    let m = app.get(&format!("/mandates/{id}")).await.body;
+    assert_eq!(m["status"], "expired");
+    assert_eq!(m["failure"]["code"], "no_checkout_session");
+}
