@@ -212,3 +212,75 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn maybe(values: &'static [&'static str]) -> impl Strategy<Value = Value> {
+        prop_oneof![
+            2 => Just(Value::Null),
+            8 => proptest::sample::select(values).prop_map(|v| json!(v)),
+            1 => any::<i64>().prop_map(|n| json!(n)),
+        ]
+    }
+
+    fn session_json() -> impl Strategy<Value = Value> {
+        (
+            maybe(&["first_in_series", "next_in_series", "one_time", "subscription"]),
+            maybe(&["active", "completed", "expired", "cancelled", "paused"]),
+            maybe(&["not_started", "pending", "paid", "unpaid", "reserved", "payment_method_verified", "refunded"]),
+            maybe(&["paid", "unpaid", "pending"]),
+            maybe(&["cus_1"]),
+            maybe(&["pmt_1"]),
+            maybe(&["01a20e0a-fb07-7569-a87f-9afae148c0ff", "not-a-uuid"]),
+            maybe(&["x"]),
+        )
+            .prop_map(|(kind, status, outcome, legacy, cus, pm, reference, error)| {
+                json!({"id": "ps_1", "type": kind, "status": status, "payment_outcome": outcome,
+                       "payment_status": legacy, "customer_id": cus, "payment_method_id": pm,
+                       "external_reference": reference,
+                       "last_payment_error": if error.is_null() { Value::Null } else { json!({"error_code": error}) }})
+            })
+    }
+
+    proptest! {
+        /// Whatever Moment sends, reading it never panics, and an effect keeps the rules: a
+        /// mandate only becomes active with both ids, charges only come from next_in_series,
+        /// and nothing ever moves a record back to pending.
+        #[test]
+        fn any_session_snapshot_gives_a_safe_effect(v in session_json()) {
+            let Ok(session) = serde_json::from_value::<Session>(v.clone()) else {
+                return Ok(());
+            };
+            match Effect::of(&session) {
+                None => {}
+                Some(Effect::Mandate(t)) => {
+                    prop_assert_eq!(v["type"].as_str(), Some("first_in_series"));
+                    prop_assert_eq!(t.from, &[MandateStatus::Pending][..]);
+                    if t.to == MandateStatus::Active {
+                        prop_assert!(t.customer_id.is_some() && t.payment_method_id.is_some());
+                    }
+                }
+                Some(Effect::Charge(t)) => {
+                    prop_assert_eq!(v["type"].as_str(), Some("next_in_series"));
+                    prop_assert!(t.to != ChargeStatus::Pending);
+                    prop_assert!(!t.from.contains(&t.to));
+                    if t.to == ChargeStatus::Failed {
+                        prop_assert!(t.failure.is_some());
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_event_parser(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(event) = serde_json::from_slice::<crate::moment::wire::Event>(&body)
+                && let Ok(session) = serde_json::from_value::<Session>(event.data)
+            {
+                let _ = Effect::of(&session);
+            }
+        }
+    }
+}

@@ -394,3 +394,80 @@ mod tests {
         assert!(!SignatureError::Timestamp.is_malformed());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn secret() -> WebhookSecret {
+        WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()
+    }
+
+    fn verify(id: &str, ts: &str, sig: &str, body: &[u8]) -> Result<String, SignatureError> {
+        let verifier = Verifier::new(vec![secret()], Duration::from_secs(180));
+        let headers = SignedHeaders {
+            id: Some(id),
+            timestamp: Some(ts),
+            signature: Some(sig),
+        };
+        verifier
+            .verify(headers, body, UNIX_EPOCH + Duration::from_secs(NOW))
+            .map(str::to_owned)
+    }
+
+    proptest! {
+        #[test]
+        fn what_is_signed_within_the_tolerance_verifies(
+            id in "[a-zA-Z0-9_]{1,64}",
+            body in vec(any::<u8>(), 0..2048),
+            skew in -180i64..=180,
+        ) {
+            let ts = NOW as i64 + skew;
+            let sig = secret().sign(&id, ts, &body);
+            prop_assert_eq!(verify(&id, &ts.to_string(), &sig, &body), Ok(id.clone()));
+        }
+
+        #[test]
+        fn any_flipped_bit_in_the_body_is_refused(
+            body in vec(any::<u8>(), 1..512),
+            at in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let ts = NOW as i64;
+            let sig = secret().sign("msg_1", ts, &body);
+            let mut forged = body.clone();
+            forged[at.index(body.len())] ^= 1 << bit;
+            prop_assert_eq!(
+                verify("msg_1", &ts.to_string(), &sig, &forged),
+                Err(SignatureError::Mismatch)
+            );
+        }
+
+        #[test]
+        fn a_timestamp_outside_the_tolerance_is_refused(
+            skew in prop_oneof![-100_000i64..-180, 181i64..100_000],
+            body in vec(any::<u8>(), 0..64),
+        ) {
+            let ts = NOW as i64 + skew;
+            let sig = secret().sign("msg_1", ts, &body);
+            prop_assert_eq!(
+                verify("msg_1", &ts.to_string(), &sig, &body),
+                Err(SignatureError::Timestamp)
+            );
+        }
+
+        #[test]
+        fn arbitrary_headers_never_panic_and_never_verify(
+            id in ".{0,300}",
+            ts in prop_oneof![".{0,24}", (NOW - 100..NOW + 100).prop_map(|t| t.to_string())],
+            sig in prop_oneof![".{0,300}", "(v1,[A-Za-z0-9+/=]{0,60} ?){0,4}"],
+            body in vec(any::<u8>(), 0..256),
+        ) {
+            prop_assert!(verify(&id, &ts, &sig, &body).is_err());
+        }
+    }
+}
