@@ -455,3 +455,94 @@ async fn the_reconciler_settles_what_no_webhook_reported() {
         Some(&1)
     );
 }
+
+/// Issue 5's "Moment misbehaving" run: 1,000 charges while a third of Moment's answers are
+/// 503s or timeouts, with latency. Counts are printed for RELIABILITY.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_charges_under_moment_faults_each_end_in_one_payment() {
+    use futures::StreamExt as _;
+    const CHARGES: usize = 1000;
+    let stack = start_stack(|o| {
+        o.worker_interval = Duration::from_millis(100);
+    })
+    .await;
+    let mandate = stack.active_mandate("m-1", "4242424242424242").await;
+    let mandate_id = mandate["id"].as_str().unwrap().to_owned();
+    stack
+        .sim()
+        .set_faults(Faults {
+            latency_ms: 20,
+            error_rate: 0.2,
+            timeout_rate: 0.13,
+            hang_ms: 1000,
+            ..Faults::default()
+        })
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answers: Vec<(u16, String)> = futures::stream::iter(0..CHARGES)
+        .map(|i| {
+            let stack = &stack;
+            let mandate_id = mandate_id.clone();
+            async move {
+                let r = stack
+                    .post(
+                        "/charges",
+                        &json!({"mandate_id": mandate_id, "amount": 100}),
+                        &format!("bulk-{i}"),
+                    )
+                    .await;
+                (
+                    r.status.as_u16(),
+                    r.body["id"].as_str().unwrap_or_default().to_owned(),
+                )
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let accepted = answers.iter().filter(|(s, _)| *s == 201).count();
+    let deferred = answers.iter().filter(|(s, _)| *s == 202).count();
+    assert_eq!(
+        accepted + deferred,
+        CHARGES,
+        "every charge is recorded: {answers:?}"
+    );
+    eventually("every charge to be final", async || {
+        let open: i64 = sqlx::query_scalar(
+            "select count(*) from charge where status not in ('succeeded', 'failed')",
+        )
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+        open == 0
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let succeeded: i64 =
+        sqlx::query_scalar("select count(*) from charge where status = 'succeeded'")
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(succeeded as usize, CHARGES);
+    let sessions = stack.sessions_by_reference("next_in_series");
+    assert_eq!(sessions.len(), CHARGES, "one Moment session per charge");
+    assert!(
+        sessions.values().all(|n| *n == 1),
+        "no charge was sent twice"
+    );
+    for (_, id) in &answers {
+        assert_eq!(sessions.get(id), Some(&1));
+    }
+    let paid = stack
+        .sim()
+        .sessions()
+        .iter()
+        .filter(|s| s["type"] == "next_in_series" && s["payment_outcome"] == "paid")
+        .count();
+    assert_eq!(paid, CHARGES);
+    eprintln!(
+        "moment faults run: {CHARGES} charges, {accepted} answered 201 and {deferred} answered 202 \
+         (outcome unknown, resent by the worker); all succeeded with {paid} Moment payments in {:.1} s",
+        elapsed.as_secs_f64()
+    );
+}
