@@ -81,11 +81,10 @@ where
     T: Send + 'static,
 {
     let request_id = crate::telemetry::request_id();
-    crate::metrics::DB_WORK_IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let in_flight = crate::metrics::InFlight::start();
     let work = async move {
-        let out = crate::telemetry::with_request_id(request_id, work).await;
-        crate::metrics::DB_WORK_IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        out
+        let _in_flight = in_flight;
+        crate::telemetry::with_request_id(request_id, work).await
     };
     match tokio::spawn(work).await {
         Ok(value) => value,

@@ -23,7 +23,23 @@ const LATENCY_BUCKETS: &[f64] = &[
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Units of database work started and not yet finished (see `db::detached`).
-pub static DB_WORK_IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
+static DB_WORK_IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
+
+/// Counts one unit of database work while it lives, panics included.
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn start() -> Self {
+        DB_WORK_IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        Self(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        DB_WORK_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Installs the process-wide recorder once and returns its handle.
 pub fn handle() -> PrometheusHandle {
