@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ApiJson, List, Page, bad_query, check_currency, check_metadata, check_reference,
-    idempotency_key, parse_id, request_hash,
+    ApiJson, List, MerchantErrors, Page, bad_query, check_currency, check_metadata,
+    check_reference, idempotency_key, parse_id, request_hash,
 };
 use crate::app::AppState;
 use crate::db::detached;
@@ -77,8 +77,7 @@ impl CreateCharge {
         (status = 201, description = "Moment has the charge: `processing`, then `succeeded` or `failed` by webhook", body = Charge,
          headers(("Location" = String), ("Idempotent-Replayed" = String, description = "`true` on a replay"))),
         (status = 202, description = "Moment's answer is not known yet: `pending`, resent in the background under the same Moment key", body = Charge),
-        (status = 400, description = "Malformed body, header or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+        MerchantErrors,
         (status = 404, description = "No such mandate", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The mandate is not active, or a request with this key is still in progress", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
@@ -116,8 +115,7 @@ pub async fn create(
     params(("id" = Uuid, Path, description = "Charge id")),
     responses(
         (status = 200, description = "The charge", body = Charge),
-        (status = 400, description = "Malformed body, header or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+        MerchantErrors,
         (status = 404, description = "No such charge", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -151,8 +149,7 @@ pub struct ListQuery {
     ),
     responses(
         (status = 200, description = "A page of charges", body = List<Charge>),
-        (status = 400, description = "Malformed body, header or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+        MerchantErrors,
     )
 )]
 pub async fn list(

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ApiJson, List, Page, bad_query, check_currency, check_metadata, check_reference,
-    idempotency_key, parse_id, request_hash,
+    ApiJson, List, MerchantErrors, Page, bad_query, check_currency, check_metadata,
+    check_reference, idempotency_key, parse_id, request_hash,
 };
 use crate::app::AppState;
 use crate::db::detached;
@@ -129,8 +129,7 @@ fn wants_json(headers: &HeaderMap) -> bool {
          headers(("Location" = String, description = "The checkout URL"))),
         (status = 201, description = "The mandate, pending, with its checkout_url (Accept: application/json)", body = Mandate,
          headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
-        (status = 400, description = "Malformed body, header or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+        MerchantErrors,
         (status = 409, description = "A request with this Idempotency-Key is still in progress", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field (see `field`), a key reused with another body, or Moment refused the session", body = Problem, content_type = "application/problem+json"),
@@ -189,8 +188,7 @@ pub async fn create(
     params(("id" = Uuid, Path, description = "Mandate id")),
     responses(
         (status = 200, description = "The mandate", body = Mandate),
-        (status = 400, description = "Malformed body, header or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+        MerchantErrors,
         (status = 404, description = "No such mandate", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -226,8 +224,7 @@ pub struct ListQuery {
     ),
     responses(
         (status = 200, description = "A page of mandates", body = List<Mandate>),
-        (status = 400, description = "Malformed body, header or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+        MerchantErrors,
     )
 )]
 pub async fn list(
@@ -262,8 +259,7 @@ pub async fn list(
     params(("id" = Uuid, Path, description = "Mandate id")),
     responses(
         (status = 200, description = "The revoked mandate", body = Mandate),
-        (status = 400, description = "Malformed body, header or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown API key", body = Problem, content_type = "application/problem+json"),
+        MerchantErrors,
         (status = 404, description = "No such mandate", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The mandate is not active", body = Problem, content_type = "application/problem+json"),
     )

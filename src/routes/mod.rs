@@ -141,6 +141,19 @@ pub fn check_reference(reference: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
+/// The errors every merchant route can answer, documented once (the API key check and
+/// request parsing are shared by all of them). Only the OpenAPI document uses it.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum MerchantErrors {
+    /// Malformed body, header or parameter
+    #[response(status = 400, content_type = "application/problem+json")]
+    Malformed(crate::error::Problem),
+    /// Missing or unknown API key
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(crate::error::Problem),
+}
+
 /// Cursor pagination parameters shared by the list endpoints.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
