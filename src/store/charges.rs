@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
 use sqlx::types::Json;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
@@ -187,27 +189,40 @@ pub async fn store_response(
     Ok(())
 }
 
+/// The forward-only update of a charge transition, parameters `$1`–`$6` as bound by
+/// [`bind_transition`]; shared with the webhook statement in `store::webhook_events`.
+macro_rules! apply_update {
+    () => {
+        "update charge set status = $3, session_id = coalesce(session_id, $2),
+                payment_id = coalesce($4, payment_id), failure = coalesce($5, failure),
+                next_attempt_at = null, updated_at = now()
+         where (id = $1 or session_id = $2) and status = any($6)"
+    };
+}
+pub(crate) use apply_update;
+
 /// Applies a session's transition to the charge it belongs to; see `mandates::apply`.
 pub async fn apply(
     conn: impl PgExecutor<'_>,
     t: &Transition<ChargeStatus>,
 ) -> sqlx::Result<Option<Charge>> {
+    bind_transition(sqlx::query_as(concat!(apply_update!(), " returning *")), t)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Binds `$1`–`$6` of [`apply_update`].
+pub(crate) fn bind_transition<'q, O>(
+    q: QueryAs<'q, Postgres, O, PgArguments>,
+    t: &'q Transition<ChargeStatus>,
+) -> QueryAs<'q, Postgres, O, PgArguments> {
     let from: Vec<&str> = t.from.iter().map(|s| s.as_str()).collect();
-    sqlx::query_as(
-        "update charge set status = $3, session_id = coalesce(session_id, $2),
-                payment_id = coalesce($4, payment_id), failure = coalesce($5, failure),
-                next_attempt_at = null, updated_at = now()
-         where (id = $1 or session_id = $2) and status = any($6)
-         returning *",
-    )
-    .bind(t.external_reference)
-    .bind(&t.session_id)
-    .bind(t.to)
-    .bind(&t.payment_id)
-    .bind(t.failure.as_ref().map(Json))
-    .bind(from)
-    .fetch_optional(conn)
-    .await
+    q.bind(t.external_reference)
+        .bind(&t.session_id)
+        .bind(t.to)
+        .bind(&t.payment_id)
+        .bind(t.failure.as_ref().map(Json))
+        .bind(from)
 }
 
 /// Whether a charge matching the transition's id or session exists.

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
 use sqlx::types::Json;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
@@ -134,31 +136,44 @@ pub async fn fail(
     .await
 }
 
+/// The forward-only update of a mandate transition, parameters `$1`–`$8` as bound by
+/// [`bind_transition`]; shared with the webhook statement in `store::webhook_events`.
+macro_rules! apply_update {
+    () => {
+        "update mandate set status = $3, session_id = coalesce(session_id, $2),
+                customer_id = coalesce($4, customer_id), payment_method_id = coalesce($5, payment_method_id),
+                payment_id = coalesce($6, payment_id), failure = coalesce($7, failure),
+                locked_until = null, updated_at = now()
+         where (id = $1 or session_id = $2) and status = any($8)"
+    };
+}
+pub(crate) use apply_update;
+
 /// Applies a session's transition to the mandate it belongs to. Returns the mandate when the
 /// transition moved it; `Ok(None)` when it did not move (already further along, or unknown).
 pub async fn apply(
     conn: impl PgExecutor<'_>,
     t: &Transition<MandateStatus>,
 ) -> sqlx::Result<Option<Mandate>> {
+    bind_transition(sqlx::query_as(concat!(apply_update!(), " returning *")), t)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Binds `$1`–`$8` of [`apply_update`].
+pub(crate) fn bind_transition<'q, O>(
+    q: QueryAs<'q, Postgres, O, PgArguments>,
+    t: &'q Transition<MandateStatus>,
+) -> QueryAs<'q, Postgres, O, PgArguments> {
     let from: Vec<&str> = t.from.iter().map(|s| s.as_str()).collect();
-    sqlx::query_as(
-        "update mandate set status = $3, session_id = coalesce(session_id, $2),
-                customer_id = coalesce($4, customer_id), payment_method_id = coalesce($5, payment_method_id),
-                payment_id = coalesce($6, payment_id), failure = coalesce($7, failure),
-                locked_until = null, updated_at = now()
-         where (id = $1 or session_id = $2) and status = any($8)
-         returning *",
-    )
-    .bind(t.external_reference)
-    .bind(&t.session_id)
-    .bind(t.to)
-    .bind(&t.customer_id)
-    .bind(&t.payment_method_id)
-    .bind(&t.payment_id)
-    .bind(t.failure.as_ref().map(Json))
-    .bind(from)
-    .fetch_optional(conn)
-    .await
+    q.bind(t.external_reference)
+        .bind(&t.session_id)
+        .bind(t.to)
+        .bind(&t.customer_id)
+        .bind(&t.payment_method_id)
+        .bind(&t.payment_id)
+        .bind(t.failure.as_ref().map(Json))
+        .bind(from)
 }
 
 /// Whether a mandate matching the transition's id or session exists.

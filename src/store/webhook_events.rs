@@ -1,6 +1,12 @@
 //! SQL for the `webhook_event` table: every verified delivery, stored once by `webhook-id`.
 
-use sqlx::PgExecutor;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{PgExecutor, Postgres};
+use uuid::Uuid;
+
+use crate::domain::Effect;
+use crate::store::{charges, mandates};
 
 /// What became of a stored event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,15 +37,26 @@ pub struct NewEvent<'a> {
     pub session_id: Option<&'a str>,
     pub external_reference: Option<&'a str>,
     pub payload: &'a str,
-    pub outcome: Outcome,
 }
 
-/// Stores the event; `false` when this `webhook-id` was stored before (a duplicate).
-pub async fn insert(conn: impl PgExecutor<'_>, e: &NewEvent<'_>) -> sqlx::Result<bool> {
+/// What [`record`] did with a delivery that was not a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    pub outcome: Outcome,
+    /// The mandate or charge this delivery moved forward, if it moved one.
+    pub moved: Option<Uuid>,
+}
+
+/// Stores an event that needs nothing from us; `None` when this `webhook-id` was stored
+/// before (a duplicate).
+pub async fn record_ignored(
+    conn: impl PgExecutor<'_>,
+    e: &NewEvent<'_>,
+) -> sqlx::Result<Option<Recorded>> {
     let inserted = sqlx::query(
         "insert into webhook_event (webhook_id, event_id, event_type, session_id, external_reference,
-                                    payload, outcome, applied_at)
-         values ($1, $2, $3, $4, $5, $6, $7, case when $7 = 'applied' then now() end)
+                                    payload, outcome)
+         values ($1, $2, $3, $4, $5, $6, 'ignored')
          on conflict (webhook_id) do nothing",
     )
     .bind(e.webhook_id)
@@ -48,11 +65,97 @@ pub async fn insert(conn: impl PgExecutor<'_>, e: &NewEvent<'_>) -> sqlx::Result
     .bind(e.session_id)
     .bind(e.external_reference)
     .bind(e.payload)
-    .bind(e.outcome.as_str())
     .execute(conn)
     .await?
     .rows_affected();
-    Ok(inserted == 1)
+    Ok((inserted == 1).then_some(Recorded {
+        outcome: Outcome::Ignored,
+        moved: None,
+    }))
+}
+
+/// The one statement a webhook costs: apply the transition forward-only (the `moved` CTE,
+/// parameters bound by the table's `bind_transition`) and store the event with its outcome.
+/// `$event` are the placeholders of the event's six columns, which follow the transition's.
+macro_rules! record_sql {
+    ($update:expr, $table:literal, $event:literal) => {
+        concat!(
+            "with moved as (",
+            $update,
+            " returning id),
+             known as (
+                 select exists (select 1 from moved)
+                     or exists (select 1 from ",
+            $table,
+            " where id = $1 or session_id = $2) as yes)
+             insert into webhook_event (webhook_id, event_id, event_type, session_id,
+                                        external_reference, payload, outcome, applied_at)
+             select ",
+            $event,
+            ",
+                    case when known.yes then 'applied' else 'deferred' end,
+                    case when known.yes then now() end
+             from known
+             on conflict (webhook_id) do nothing
+             returning outcome, (select id from moved limit 1) as moved"
+        )
+    };
+}
+
+/// Applies `effect` and stores the event in one statement (one round trip, no explicit
+/// transaction); `None` when this `webhook-id` was stored before (a duplicate).
+///
+/// A duplicate still runs the update, which is harmless: transitions only move forward, so a
+/// second application of the same snapshot finds nothing to change. Two deliveries of one
+/// event racing each other queue on the record's row lock, and on the event's primary key.
+pub async fn record(
+    conn: impl PgExecutor<'_>,
+    e: &NewEvent<'_>,
+    effect: &Effect,
+) -> sqlx::Result<Option<Recorded>> {
+    let row: Option<(String, Option<Uuid>)> = match effect {
+        Effect::Mandate(t) => {
+            let q = sqlx::query_as(record_sql!(
+                mandates::apply_update!(),
+                "mandate",
+                "$9, $10, $11, $12, $13, $14"
+            ));
+            bind_event(mandates::bind_transition(q, t), e)
+                .fetch_optional(conn)
+                .await?
+        }
+        Effect::Charge(t) => {
+            let q = sqlx::query_as(record_sql!(
+                charges::apply_update!(),
+                "charge",
+                "$7, $8, $9, $10, $11, $12"
+            ));
+            bind_event(charges::bind_transition(q, t), e)
+                .fetch_optional(conn)
+                .await?
+        }
+    };
+    Ok(row.map(|(outcome, moved)| Recorded {
+        outcome: if outcome == "applied" {
+            Outcome::Applied
+        } else {
+            Outcome::Deferred
+        },
+        moved,
+    }))
+}
+
+/// Binds the event's six columns, after the transition's parameters.
+fn bind_event<'q, O>(
+    q: QueryAs<'q, Postgres, O, PgArguments>,
+    e: &NewEvent<'q>,
+) -> QueryAs<'q, Postgres, O, PgArguments> {
+    q.bind(e.webhook_id)
+        .bind(e.event_id)
+        .bind(e.event_type)
+        .bind(e.session_id)
+        .bind(e.external_reference)
+        .bind(e.payload)
 }
 
 /// A deferred event waiting for its session.

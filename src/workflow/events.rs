@@ -58,7 +58,7 @@ pub enum Receipt {
     Duplicate,
 }
 
-/// Stores a verified delivery once (by `webhook-id`) and applies it in the same transaction.
+/// Stores a verified delivery once (by `webhook-id`) and applies it, in one statement.
 pub async fn receive(
     db: &PgPool,
     webhook_id: &str,
@@ -66,38 +66,29 @@ pub async fn receive(
     event: &Event,
 ) -> sqlx::Result<Receipt> {
     let session = session_of(event);
-    let effect = session.as_ref().and_then(Effect::of);
-    let mut tx = db.begin().await?;
-    // Apply first: the update takes the row lock, so two deliveries of one event queue up
-    // here, and the second finds the first's event row below and rolls back.
-    let outcome = match &effect {
-        None => Outcome::Ignored,
-        Some(effect) => match apply(&mut tx, effect).await? {
-            Applied::Moved | Applied::Unchanged => Outcome::Applied,
-            Applied::Unknown => Outcome::Deferred,
-        },
+    let new = NewEvent {
+        webhook_id,
+        event_id: event.id.as_deref(),
+        event_type: &event.kind,
+        session_id: session.as_ref().map(|s| s.id.as_str()),
+        external_reference: session
+            .as_ref()
+            .and_then(|s| s.external_reference.as_deref()),
+        payload,
     };
-    let stored = webhook_events::insert(
-        &mut *tx,
-        &NewEvent {
-            webhook_id,
-            event_id: event.id.as_deref(),
-            event_type: &event.kind,
-            session_id: session.as_ref().map(|s| s.id.as_str()),
-            external_reference: session
-                .as_ref()
-                .and_then(|s| s.external_reference.as_deref()),
-            payload,
-            outcome,
-        },
-    )
-    .await?;
-    if !stored {
-        tx.rollback().await?;
-        return Ok(Receipt::Duplicate);
-    }
-    tx.commit().await?;
-    Ok(Receipt::Stored(outcome))
+    let recorded = match session.as_ref().and_then(Effect::of) {
+        None => webhook_events::record_ignored(db, &new).await?,
+        Some(effect) => webhook_events::record(db, &new, &effect).await?,
+    };
+    Ok(match recorded {
+        None => Receipt::Duplicate,
+        Some(r) => {
+            if let Some(id) = r.moved {
+                tracing::info!(record_id = %id, event_type = event.kind, "moved by webhook");
+            }
+            Receipt::Stored(r.outcome)
+        }
+    })
 }
 
 /// Applies deferred events whose session is now known: those of `session_id`, or any.
