@@ -11,29 +11,35 @@ use uuid::Uuid;
 use crate::domain::{Charge, ChargeStatus, Transition};
 use crate::moment::wire::Session;
 
-/// A charge as the merchant asked for it.
+/// A charge as the merchant asked for it; the mandate supplies the rest.
 pub struct NewCharge<'a> {
     pub id: Uuid,
     pub mandate_id: Uuid,
-    pub amount: i64,
-    pub currency: &'a str,
+    /// The mandate's amount when `None`.
+    pub amount: Option<i64>,
+    /// Must be the mandate's currency when given.
+    pub currency: Option<&'a str>,
     pub reference: Option<&'a str>,
     pub metadata: &'a BTreeMap<String, String>,
-    pub customer_id: &'a str,
-    pub payment_method_id: &'a str,
     pub idempotency_key: &'a str,
     pub request_hash: &'a str,
     pub lease_secs: f64,
 }
 
-/// Inserts a pending charge holding the send lease, if its mandate is still active at this
-/// instant. `None` when the idempotency key is taken already or the mandate is no longer active.
+/// Inserts a pending charge holding the send lease, in one statement with the mandate's
+/// checks: it must be active at this instant, with both Moment ids (copied onto the charge, so
+/// every resend carries the same body) and in the requested currency. `None` when the
+/// idempotency key is taken already or the mandate does not qualify; the caller tells which.
 pub async fn insert(conn: impl PgExecutor<'_>, c: &NewCharge<'_>) -> sqlx::Result<Option<Charge>> {
     sqlx::query_as(
         "insert into charge (id, mandate_id, amount, currency, reference, metadata, customer_id,
                              payment_method_id, idempotency_key, request_hash, locked_until)
-         select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11)
-         where exists (select 1 from mandate where id = $2 and status = 'active')
+         select $1, m.id, coalesce($3, m.amount), m.currency, $5, $6, m.customer_id,
+                m.payment_method_id, $7, $8, now() + make_interval(secs => $9)
+         from mandate m
+         where m.id = $2 and m.status = 'active'
+           and m.customer_id is not null and m.payment_method_id is not null
+           and ($4::text is null or m.currency = $4::text)
          on conflict (idempotency_key) do nothing
          returning *",
     )
@@ -43,8 +49,6 @@ pub async fn insert(conn: impl PgExecutor<'_>, c: &NewCharge<'_>) -> sqlx::Resul
     .bind(c.currency)
     .bind(c.reference)
     .bind(Json(c.metadata))
-    .bind(c.customer_id)
-    .bind(c.payment_method_id)
     .bind(c.idempotency_key)
     .bind(c.request_hash)
     .bind(c.lease_secs)
@@ -121,19 +125,29 @@ pub async fn record_session(
     conn: impl PgExecutor<'_>,
     id: Uuid,
     session: &Session,
-) -> sqlx::Result<Charge> {
+) -> sqlx::Result<Recorded> {
     sqlx::query_as(
         "update charge set session_id = $2, payment_id = coalesce(payment_id, $3),
                 status = case when status = 'pending' then 'processing' else status end,
                 attempts = attempts + 1, locked_until = null, next_attempt_at = null, updated_at = now()
          where id = $1
-         returning *",
+         returning *, exists (select 1 from webhook_event
+                              where session_id = $2 and outcome = 'deferred') as webhook_waiting",
     )
     .bind(id)
     .bind(&session.id)
     .bind(&session.payment_id)
     .fetch_one(conn)
     .await
+}
+
+/// A charge whose session was just recorded.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Recorded {
+    #[sqlx(flatten)]
+    pub charge: Charge,
+    /// A webhook for this session came before we knew the session, and waits to be applied.
+    pub webhook_waiting: bool,
 }
 
 /// Marks a pending charge failed because Moment refused it.

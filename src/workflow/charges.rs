@@ -44,56 +44,52 @@ pub async fn create(
     key: String,
     hash: String,
 ) -> Result<Answer, ApiError> {
-    if let Some(existing) = charges::by_idempotency_key(&state.db, &key).await? {
-        return resume(state, existing, &hash).await;
-    }
-    let mandate = mandates::by_id(&state.db, req.mandate_id)
-        .await?
-        .ok_or(ApiError::NotFound("mandate"))?;
-    if mandate.status != MandateStatus::Active {
-        return Err(ApiError::Conflict(format!(
-            "the mandate is {}, not active",
-            mandate.status
-        )));
-    }
-    if let Some(currency) = &req.currency
-        && *currency != mandate.currency
-    {
-        return Err(ApiError::invalid(
-            "currency",
-            format!("the mandate is in {}", mandate.currency),
-        ));
-    }
-    let (Some(customer_id), Some(payment_method_id)) =
-        (&mandate.customer_id, &mandate.payment_method_id)
-    else {
-        return Err(ApiError::Conflict(
-            "the mandate has no saved payment method".into(),
-        ));
-    };
+    // The usual case costs one statement: the charge is recorded with the mandate's checks.
     let new = NewCharge {
         id: Uuid::now_v7(),
-        mandate_id: mandate.id,
-        amount: req.amount.unwrap_or(mandate.amount),
-        currency: &mandate.currency,
+        mandate_id: req.mandate_id,
+        amount: req.amount,
+        currency: req.currency.as_deref(),
         reference: req.reference.as_deref(),
         metadata: &req.metadata,
-        customer_id,
-        payment_method_id,
         idempotency_key: &key,
         request_hash: &hash,
         lease_secs: LEASE_SECS,
     };
     let Some(charge) = charges::insert(&state.db, &new).await? else {
-        // Either a concurrent request took the key, or the mandate stopped being active.
-        return match charges::by_idempotency_key(&state.db, &key).await? {
-            Some(existing) => resume(state, existing, &hash).await,
-            None => Err(ApiError::Conflict("the mandate is no longer active".into())),
-        };
+        // A retry under a known key, or a mandate that does not qualify: say which.
+        if let Some(existing) = charges::by_idempotency_key(&state.db, &key).await? {
+            return resume(state, existing, &hash).await;
+        }
+        return Err(refuse(state, &req).await?);
     };
     tracing::info!(charge_id = %charge.id, mandate_id = %charge.mandate_id, "charge recorded");
     let charge = send(state, charge).await?;
     answer(state, &charge, false).await
+}
+
+/// Why `req`'s mandate cannot be charged.
+async fn refuse(state: &AppState, req: &ChargeRequest) -> Result<ApiError, ApiError> {
+    let mandate = mandates::by_id(&state.db, req.mandate_id)
+        .await?
+        .ok_or(ApiError::NotFound("mandate"))?;
+    Ok(if mandate.status != MandateStatus::Active {
+        ApiError::Conflict(format!("the mandate is {}, not active", mandate.status))
+    } else if req
+        .currency
+        .as_ref()
+        .is_some_and(|c| *c != mandate.currency)
+    {
+        ApiError::invalid(
+            "currency",
+            format!("the mandate is in {}", mandate.currency),
+        )
+    } else if mandate.customer_id.is_none() || mandate.payment_method_id.is_none() {
+        ApiError::Conflict("the mandate has no saved payment method".into())
+    } else {
+        // It qualified a moment ago and qualifies again now: it changed in between.
+        ApiError::Conflict("the mandate changed while the charge was recorded; retry".into())
+    })
 }
 
 /// A retry under a known key.
@@ -150,12 +146,15 @@ pub async fn send(state: &AppState, charge: Charge) -> sqlx::Result<Charge> {
     };
     match state.moment.create_session(&req, &id).await {
         Ok(session) => {
-            let mut recorded = charges::record_session(&state.db, charge.id, &session).await?;
+            let recorded = charges::record_session(&state.db, charge.id, &session).await?;
+            let (mut recorded, waiting) = (recorded.charge, recorded.webhook_waiting);
             tracing::info!(charge_id = %id, session_id = %session.id, "charge accepted by Moment");
             // The answer may already carry the outcome, and a webhook may have beaten us here.
             let moved =
                 events::apply_snapshot(&state.db, &session).await? == events::Applied::Moved;
-            if events::apply_deferred(&state.db, Some(&session.id)).await? > 0 || moved {
+            let applied =
+                waiting && events::apply_deferred(&state.db, Some(&session.id)).await? > 0;
+            if applied || moved {
                 recorded = charges::by_id(&state.db, charge.id)
                     .await?
                     .unwrap_or(recorded);
