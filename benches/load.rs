@@ -1,6 +1,7 @@
 //! The benchmark behind `scripts/bench`: pgbench's ceiling for the webhook transaction, then
 //! webhook ingestion and a billing run against the release binary (`serve` and `sim` as child
-//! processes), then BENCHMARKS.md. Arguments: `--tiny` (the CI size), `--out PATH`.
+//! processes), then BENCHMARKS.md. Arguments: `--tiny` (the CI size), `--secs N` (each run's
+//! length), `--mandates N` (the billing run's size), `--out PATH`.
 //! `BENCH_DATABASE_URL` names the database it recreates (default
 //! `postgres://postgres@127.0.0.1:5432/moment_mandates_bench`).
 
@@ -27,6 +28,7 @@ const LATENCY_MS: u64 = 50;
 const LEVELS: [usize; 3] = [1, 16, 64];
 const BILLING_IN_FLIGHT: usize = 64;
 
+#[derive(Clone)]
 struct Size {
     name: &'static str,
     /// Seconds of each pgbench and ingestion run.
@@ -51,16 +53,22 @@ const TINY: Size = Size {
 };
 
 fn main() -> anyhow::Result<()> {
-    let mut size = &FULL;
+    let mut size = FULL;
     let mut out = PathBuf::from("BENCHMARKS.md");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--tiny" => size = &TINY,
+            "--tiny" => size = TINY,
+            "--secs" => size.secs = args.next().context("--secs needs a number")?.parse()?,
+            "--mandates" => {
+                size.mandates = args.next().context("--mandates needs a number")?.parse()?
+            }
             "--out" => out = args.next().context("--out needs a path")?.into(),
             // What `cargo bench` adds for the libtest harness; nothing to do here.
             "--bench" => {}
-            other => bail!("unknown argument {other:?}: expected --tiny or --out PATH"),
+            other => bail!(
+                "unknown argument {other:?}: expected --tiny, --secs N, --mandates N or --out PATH"
+            ),
         }
     }
     let url = std::env::var("BENCH_DATABASE_URL")
@@ -68,7 +76,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = rt.block_on(run(size, &url))?;
+    let report = rt.block_on(run(&size, &url))?;
     std::fs::write(&out, report).with_context(|| format!("cannot write {}", out.display()))?;
     println!("bench: wrote {}", out.display());
     Ok(())
@@ -85,6 +93,8 @@ struct Run {
     peak_rss_kib: u64,
     /// Forged deliveries answered 401 alongside (the abuse run).
     rejected: usize,
+    /// CPU used during the run.
+    cpu: Cpu,
 }
 
 impl Run {
@@ -161,7 +171,7 @@ async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
         &signer,
         &service_url,
         &sim_url,
-        service.id(),
+        (service.id(), sim.id()),
     )
     .await;
     let service_hwm = rss_kib(service.id(), "VmHWM");
@@ -179,6 +189,9 @@ async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
 }
 
 struct Measured {
+    /// Mean milliseconds of a Moment call, and of the service's `POST /charges`, in the run.
+    moment_ms: f64,
+    handler_ms: f64,
     pgbench: Vec<(usize, f64, f64)>,
     ingestion: Vec<Run>,
     flood: Run,
@@ -198,7 +211,7 @@ async fn measure(
     signer: &Arc<WebhookSecret>,
     service_url: &str,
     sim_url: &str,
-    pid: u32,
+    pids: (u32, u32),
 ) -> anyhow::Result<Measured> {
     // The ceiling: the transaction one webhook needs, as pgbench runs it.
     let pgbench_rows = 100_000;
@@ -234,7 +247,7 @@ async fn measure(
     let target = format!("{service_url}/webhooks/moment");
     let mut ingestion = Vec::new();
     for c in LEVELS {
-        let run = webhooks(&target, signer, &pool, &next, c, 0, size.secs, pid).await?;
+        let run = webhooks(&target, signer, &pool, &next, c, 0, size.secs, pids).await?;
         println!(
             "bench: ingestion {c:>2} connections: {:.0} events/s, p99 {:.2} ms, {} errors",
             run.per_sec(),
@@ -243,7 +256,7 @@ async fn measure(
         );
         ingestion.push(run);
     }
-    let flood = webhooks(&target, signer, &pool, &next, 16, 64, size.secs, pid).await?;
+    let flood = webhooks(&target, signer, &pool, &next, 16, 64, size.secs, pids).await?;
     println!(
         "bench: 16 good + 64 bad-signature connections: {:.0} good events/s, p99 {:.2} ms",
         flood.per_sec(),
@@ -291,8 +304,10 @@ async fn measure(
         .send()
         .await?
         .error_for_status()?;
+    let metrics_before = scrape(http, service_url).await?;
     let started = Instant::now();
-    let billing = charges(http, service_url, &mandates, pid).await?;
+    let billing = charges(http, service_url, &mandates, pids).await?;
+    let metrics_after = scrape(http, service_url).await?;
     settle(db, mandates.len(), Duration::from_secs(120)).await?;
     let billing_settled_secs = started.elapsed().as_secs_f64();
     let after: Value = http
@@ -306,7 +321,20 @@ async fn measure(
         "bench: billing {:.0} charges/s, all succeeded after {billing_settled_secs:.1} s",
         billing.per_sec()
     );
+    let mean_ms = |name: &str, filter: &str| {
+        let d = |k: &str| {
+            sum_metric(&metrics_after, k, filter) - sum_metric(&metrics_before, k, filter)
+        };
+        1000.0 * d(&format!("{name}_sum")) / d(&format!("{name}_count"))
+    };
+    let moment_ms = mean_ms("moment_request_duration_seconds", "");
+    let handler_ms = mean_ms("http_request_duration_seconds", "route=\"/charges\"");
+    println!(
+        "bench: per charge, Moment took {moment_ms:.1} ms of the service's {handler_ms:.1} ms"
+    );
     Ok(Measured {
+        moment_ms,
+        handler_ms,
         pgbench,
         ingestion,
         flood,
@@ -399,13 +427,14 @@ async fn webhooks(
     good: usize,
     bad: usize,
     secs: u64,
-    pid: u32,
+    pids: (u32, u32),
 ) -> anyhow::Result<Run> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(good + bad)
         .build()?;
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let sampler = RssSampler::start(pid);
+    let sampler = RssSampler::start(pids.0);
+    let cpu = Cpu::now(pids.0, pids.1);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for n in 0..good + bad {
@@ -469,9 +498,12 @@ async fn webhooks(
     }
     let mut run = Run {
         label: if bad > 0 {
-            format!("{good} good + {bad} bad-signature connections")
+            format!("ingestion, {good} good + {bad} bad-signature connections")
         } else {
-            format!("{good} connection{}", if good == 1 { "" } else { "s" })
+            format!(
+                "ingestion, {good} connection{}",
+                if good == 1 { "" } else { "s" }
+            )
         },
         connections: good,
         ok: 0,
@@ -480,6 +512,7 @@ async fn webhooks(
         latencies_us: Vec::new(),
         peak_rss_kib: 0,
         rejected: 0,
+        cpu: Cpu::default(),
     };
     for t in tasks {
         let (ok, errors, latencies, rejected) = t.await?;
@@ -491,6 +524,7 @@ async fn webhooks(
     run.secs = started.elapsed().as_secs_f64();
     run.latencies_us.sort_unstable();
     run.peak_rss_kib = sampler.stop();
+    run.cpu = Cpu::now(pids.0, pids.1).since(cpu);
     Ok(run)
 }
 
@@ -560,11 +594,12 @@ async fn charges(
     http: &reqwest::Client,
     service_url: &str,
     mandates: &[String],
-    pid: u32,
+    pids: (u32, u32),
 ) -> anyhow::Result<Run> {
     let mandates = Arc::new(mandates.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
-    let sampler = RssSampler::start(pid);
+    let sampler = RssSampler::start(pids.0);
+    let cpu = Cpu::now(pids.0, pids.1);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..BILLING_IN_FLIGHT {
@@ -597,7 +632,7 @@ async fn charges(
         }));
     }
     let mut run = Run {
-        label: format!("{} charges", mandates.len()),
+        label: format!("billing, {} charges", mandates.len()),
         connections: BILLING_IN_FLIGHT,
         ok: 0,
         errors: 0,
@@ -605,6 +640,7 @@ async fn charges(
         latencies_us: Vec::new(),
         peak_rss_kib: 0,
         rejected: 0,
+        cpu: Cpu::default(),
     };
     for t in tasks {
         let (ok, errors, latencies) = t.await?;
@@ -615,10 +651,31 @@ async fn charges(
     run.secs = started.elapsed().as_secs_f64();
     run.latencies_us.sort_unstable();
     run.peak_rss_kib = sampler.stop();
+    run.cpu = Cpu::now(pids.0, pids.1).since(cpu);
     if run.errors > 0 {
         bail!("{} charges were not accepted", run.errors);
     }
     Ok(run)
+}
+
+async fn scrape(http: &reqwest::Client, service_url: &str) -> anyhow::Result<String> {
+    Ok(http
+        .get(format!("{service_url}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The sum over all label sets of Prometheus sample `name` whose labels contain `filter`.
+fn sum_metric(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(filter)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Waits until `n` charges have succeeded.
@@ -749,6 +806,23 @@ fn report(
     );
     let _ = writeln!(
         s,
+        "## Where the CPU went\n\n\
+         Cores busy on average during each run (CPU seconds ÷ wall seconds, from `/proc`), out\n\
+         of the machine's {}.\n\n\
+         | run | service | Postgres | simulator | load generator | total |\n|---|---:|---:|---:|---:|---:|",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for r in m.ingestion.iter().chain([&m.flood, &m.billing]) {
+        let _ = writeln!(s, "| {} {}", r.label, r.cpu.row(r.secs));
+    }
+    let _ = writeln!(
+        s,
+        "\nIn the billing run a Moment call took {:.1} ms on average, and the service answered\n\
+         `POST /charges` in {:.1} ms on average.\n",
+        m.moment_ms, m.handler_ms
+    );
+    let _ = writeln!(
+        s,
         "## Footprint\n\n\
          | start-up to ready (migrations on an empty database) | RSS at idle | peak RSS over the whole run |\n\
          |---:|---:|---:|\n\
@@ -865,6 +939,73 @@ fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// CPU seconds used so far by the service, the simulator, this load generator and all of
+/// Postgres's processes.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    service: f64,
+    sim: f64,
+    client: f64,
+    postgres: f64,
+}
+
+impl Cpu {
+    fn now(service: u32, sim: u32) -> Self {
+        let mut postgres = 0.0;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok();
+            if let Some(pid) = pid
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "postgres")
+            {
+                postgres += cpu_secs(pid);
+            }
+        }
+        Self {
+            service: cpu_secs(service),
+            sim: cpu_secs(sim),
+            client: cpu_secs(std::process::id()),
+            postgres,
+        }
+    }
+
+    fn since(self, earlier: Self) -> Self {
+        Self {
+            service: self.service - earlier.service,
+            sim: self.sim - earlier.sim,
+            client: self.client - earlier.client,
+            postgres: self.postgres - earlier.postgres,
+        }
+    }
+
+    fn row(&self, secs: f64) -> String {
+        let share = |x: f64| x / secs;
+        format!(
+            "| {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            share(self.service),
+            share(self.postgres),
+            share(self.sim),
+            share(self.client),
+            share(self.service + self.postgres + self.sim + self.client)
+        )
+    }
+}
+
+/// User plus system CPU seconds of a process (`/proc/<pid>/stat`, at 100 ticks a second).
+fn cpu_secs(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
 }
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS` now, `VmHWM` the peak so far).

@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };
-            telemetry::init(config.log_format);
+            let _logs = telemetry::init(config.log_format);
             let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
                 Ok(l) => l,
                 Err(e) => {
@@ -34,7 +34,7 @@ async fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };
-            telemetry::init(LogFormat::Text);
+            let _logs = telemetry::init(LogFormat::Text);
             report(db::connect(&config, true).await.map(|_| ()))
         }
         Command::Sim(args) => {
@@ -42,7 +42,7 @@ async fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };
-            telemetry::init(format);
+            let _logs = telemetry::init(format);
             report(run_sim(listen, config).await)
         }
         Command::Dev(args) => {
@@ -50,7 +50,7 @@ async fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };
-            telemetry::init(format);
+            let _logs = telemetry::init(format);
             report(run_dev(options).await)
         }
     }

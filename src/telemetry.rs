@@ -17,10 +17,21 @@ use crate::config::LogFormat;
 pub const DEFAULT_FILTER: &str = "moment_mandates=info,tower_http=info";
 
 /// Installs the global subscriber writing to stderr; a second call is a no-op.
-pub fn init(format: LogFormat) {
+///
+/// Lines are written by a thread of their own through a buffer flushed whenever it catches
+/// up, so a request never waits on the terminal or the log collector, and a burst costs a
+/// few writes instead of one per line. Keep the returned guard alive until exit: dropping it
+/// flushes what is left. Should the buffer of 128k lines ever fill, lines are dropped rather
+/// than slowing payments down.
+pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    init_with(format, filter, std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
+        64 * 1024,
+        std::io::stderr(),
+    ));
+    init_with(format, filter, writer);
+    guard
 }
 
 /// Installs the global subscriber with `filter`, writing to `writer` (the tests capture
