@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::app::AppState;
 use crate::db;
 use crate::store::{charges, mandates};
-use crate::workflow::{LEASE_SECS, charges as charge_flow, events};
+use crate::workflow::{charges as charge_flow, events, lease_secs};
 
 /// Charges resent per run at most.
 const BATCH: i64 = 50;
@@ -36,7 +36,7 @@ pub async fn run_once(state: &AppState) -> sqlx::Result<Tally> {
     let due = charges::claim_due(
         &state.db,
         BATCH,
-        LEASE_SECS,
+        lease_secs(state),
         charge_flow::RESEND_WINDOW_SECS,
     )
     .await?;

@@ -38,6 +38,9 @@ pub struct DevOptions {
     pub worker_interval: Duration,
     /// How long a mandate or charge may stay quiet before the worker asks the simulator.
     pub reconcile_after: Duration,
+    /// The service's pool: connections at most, and how long a request waits for one.
+    pub db_max_connections: u32,
+    pub db_acquire_timeout: Duration,
 }
 
 impl DevOptions {
@@ -59,6 +62,8 @@ impl DevOptions {
             moment_max_attempts: 3,
             worker_interval: Duration::from_secs(2),
             reconcile_after: Duration::from_secs(30),
+            db_max_connections: 20,
+            db_acquire_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -131,7 +136,8 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<Dev> {
 
     let config = Config {
         db: DbConfig {
-            max_connections: 20,
+            max_connections: opts.db_max_connections,
+            acquire_timeout: opts.db_acquire_timeout,
             ..db_config
         },
         migrate: false,

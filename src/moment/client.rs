@@ -54,6 +54,7 @@ pub struct MomentClient {
     base_url: Arc<str>,
     secret_key: Arc<SecretString>,
     retry: RetryPolicy,
+    timeout: Duration,
 }
 
 impl MomentClient {
@@ -74,7 +75,18 @@ impl MomentClient {
             base_url: base_url.trim_end_matches('/').into(),
             secret_key: Arc::new(secret_key),
             retry,
+            timeout,
         })
+    }
+
+    /// The longest one call can take with all its attempts: every attempt timing out, with
+    /// the backoffs in between.
+    pub fn longest_call(&self) -> Duration {
+        let attempts = self.retry.max_attempts.max(1);
+        let backoffs: Duration = (0..attempts - 1)
+            .map(|i| (self.retry.base_delay * 2u32.saturating_pow(i)).min(self.retry.max_delay))
+            .sum();
+        self.timeout * attempts + backoffs
     }
 
     /// `POST /collect/payment_sessions` under `idempotency_key`.

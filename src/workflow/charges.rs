@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{LEASE_SECS, events, refusal};
+use super::{events, lease_secs, refusal};
 use crate::app::AppState;
 use crate::domain::{Charge, ChargeStatus, MandateStatus};
 use crate::error::ApiError;
@@ -54,7 +54,7 @@ pub async fn create(
         metadata: &req.metadata,
         idempotency_key: &key,
         request_hash: &hash,
-        lease_secs: LEASE_SECS,
+        lease_secs: lease_secs(state),
     };
     let Some(charge) = charges::insert(&state.db, &new).await? else {
         // A retry under a known key, or a mandate that does not qualify: say which.
@@ -111,7 +111,7 @@ async fn resume(state: &AppState, existing: Charge, hash: &str) -> Result<Answer
     if existing.status != ChargeStatus::Pending {
         return answer(state, &existing, true).await;
     }
-    let claimed = charges::claim(&state.db, existing.id, LEASE_SECS)
+    let claimed = charges::claim(&state.db, existing.id, lease_secs(state))
         .await?
         .ok_or(ApiError::IdempotencyInFlight)?;
     let charge = send(state, claimed).await?;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use super::{LEASE_SECS, events, refusal};
+use super::{events, lease_secs, refusal};
 use crate::app::AppState;
 use crate::domain::{Mandate, MandateStatus};
 use crate::error::ApiError;
@@ -56,7 +56,7 @@ pub async fn create(
         return_url: req.return_url.as_deref(),
         idempotency_key: key.as_deref(),
         request_hash: &hash,
-        lease_secs: LEASE_SECS,
+        lease_secs: lease_secs(state),
     };
     let Some(mandate) = mandates::insert(&state.db, &new).await? else {
         // Another request under the same key got in first.
@@ -85,7 +85,7 @@ async fn resume(state: &AppState, existing: Mandate, hash: &str) -> Result<Outco
             replayed: true,
         });
     }
-    let claimed = mandates::claim(&state.db, existing.id, LEASE_SECS)
+    let claimed = mandates::claim(&state.db, existing.id, lease_secs(state))
         .await?
         .ok_or(ApiError::IdempotencyInFlight)?;
     let mandate = open_session(state, claimed).await?;

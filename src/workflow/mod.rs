@@ -8,12 +8,15 @@ pub mod mandates;
 
 use serde_json::{Value, json};
 
+use crate::app::AppState;
 use crate::moment::wire::Problem;
 
-/// How long whoever talks to Moment about a record holds it (seconds). Longer than the
-/// longest run of attempts, so a live holder never loses it; after a crash it frees the
-/// record for a retry or the worker.
-pub const LEASE_SECS: f64 = 60.0;
+/// How long whoever talks to Moment about a record holds it (seconds): twice the longest
+/// call with all its attempts, so a live holder never loses it, and after a crash the record
+/// is free soon for a retry or the worker (about a minute with the default settings).
+pub fn lease_secs(state: &AppState) -> f64 {
+    2.0 * state.moment.longest_call().as_secs_f64()
+}
 
 /// Our `failure` object for a request Moment refused.
 fn refusal(status: u16, problem: &Problem) -> Value {

@@ -4,11 +4,13 @@
 mod browser;
 mod charges;
 mod containers;
+mod faults;
 mod flow;
 mod helpers;
 mod mandates;
 mod openapi;
 mod ops;
+mod proxy;
 mod server;
 mod sim_api;
 mod testdb;
