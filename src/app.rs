@@ -129,12 +129,13 @@ pub fn router_with_limit(state: AppState, request_timeout: Duration, body_limit:
         .on_request(())
         .on_response(DefaultOnResponse::new().level(Level::INFO));
     routes
-        .layer(middleware::map_response(problem_fallback))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        // Outside the timeout, so that its bare 408 becomes a problem too.
+        .layer(middleware::map_response(problem_fallback))
         .layer(middleware::from_fn(crate::metrics::track_http))
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

@@ -761,3 +761,59 @@ async fn database_work_inside_detached_survives_its_caller_hanging_up() {
     }
     eprintln!("without detached {vanished_bare}/5 acknowledged writes vanished; with it 0/5");
 }
+
+/// A client that sends its headers and then trickles the body (slowloris) is cut off with 408
+/// once REQUEST_TIMEOUT_SECS has passed, while a good webhook sent meanwhile goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_finishes_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let db = TestDb::new().await;
+    let mut config = crate::helpers::test_config(&db.url, "http://127.0.0.1:9");
+    config.request_timeout = Duration::from_secs(1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(moment_mandates::app::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    let base = format!("http://{addr}");
+    wait_ready(&reqwest::Client::new(), &base).await;
+
+    let mut slow = Vec::new();
+    for i in 0..8 {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /webhooks/moment HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             webhook-id: msg_slow_{i}\r\nwebhook-timestamp: {}\r\nwebhook-signature: v1,AAAA\r\n\
+             content-length: 100000\r\n\r\n{{\"id\": \"evt",
+            now_secs()
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        slow.push(socket);
+    }
+    let started = Instant::now();
+    let body = json!({"id": "evt_fast", "type": "payment.succeeded", "data": {}}).to_string();
+    let status = post_webhook(&reqwest::Client::new(), &base, "msg_fast", &body).await;
+    assert_eq!(
+        status, 204,
+        "a good webhook is not held up by the slow ones"
+    );
+    for mut socket in slow {
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), socket.read_to_string(&mut answer))
+            .await
+            .expect("the slow client was cut off")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("application/problem+json"), "{answer}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        count(&db.pool, "select count(*) from webhook_event").await,
+        1,
+        "only the good webhook is stored"
+    );
+    let _ = stop.send(());
+    let _ = server.await;
+}
