@@ -20,8 +20,9 @@ pub enum Effect {
     Charge(Transition<ChargeStatus>),
 }
 
-/// Move the record found by `external_reference` (our id) or `session_id` to `to`, but only
-/// from one of `from`: a late or replayed older snapshot never takes a record back.
+/// Move the record found by `external_reference` (our id, when Moment echoed it; otherwise by
+/// `session_id`) to `to`, but only from one of `from`: a late or replayed older snapshot never
+/// takes a record back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition<S: 'static> {
     pub session_id: String,

@@ -210,7 +210,7 @@ macro_rules! apply_update {
         "update charge set status = $3, session_id = coalesce(session_id, $2),
                 payment_id = coalesce($4, payment_id), failure = coalesce($5, failure),
                 next_attempt_at = null, updated_at = now()
-         where (id = $1 or session_id = $2) and status = any($6)"
+         where id = coalesce($1, (select id from charge where session_id = $2)) and status = any($6)"
     };
 }
 pub(crate) use apply_update;

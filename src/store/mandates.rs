@@ -144,7 +144,7 @@ macro_rules! apply_update {
                 customer_id = coalesce($4, customer_id), payment_method_id = coalesce($5, payment_method_id),
                 payment_id = coalesce($6, payment_id), failure = coalesce($7, failure),
                 locked_until = null, updated_at = now()
-         where (id = $1 or session_id = $2) and status = any($8)"
+         where id = coalesce($1, (select id from mandate where session_id = $2)) and status = any($8)"
     };
 }
 pub(crate) use apply_update;
