@@ -468,9 +468,7 @@ async fn webhooks(
         .pool_max_idle_per_host(good + bad)
         .build()?;
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let sampler = RssSampler::start(pids.0);
-    let cpu = Cpu::now(pids.0, pids.1);
-    let started = Instant::now();
+    let probe = Probe::start(pids);
     let mut tasks = Vec::new();
     for n in 0..good + bad {
         let (client, target, pool, next) = (
@@ -482,8 +480,7 @@ async fn webhooks(
         let signer = signer.clone();
         let forged = n >= good;
         tasks.push(tokio::spawn(async move {
-            let (mut ok, mut errors, mut latencies) = (0usize, 0usize, Vec::new());
-            let (mut k, mut rejected) = (0u64, 0usize);
+            let (mut counts, mut k) = (Counts::default(), 0u64);
             while Instant::now() < deadline {
                 let (msg_id, body, signature, ts);
                 if forged {
@@ -516,51 +513,97 @@ async fn webhooks(
                 let status = answer.map(|r| r.status().as_u16()).unwrap_or(0);
                 if forged {
                     match status {
-                        401 => rejected += 1,
-                        _ => errors += 1,
+                        401 => counts.rejected += 1,
+                        _ => counts.errors += 1,
                     }
                     continue;
                 }
                 if status == 204 {
-                    ok += 1;
-                    latencies.push(sent.elapsed().as_micros() as u64);
+                    counts.answered(sent);
                 } else {
-                    errors += 1;
+                    counts.errors += 1;
                 }
             }
-            (ok, errors, latencies, rejected)
+            counts
         }));
     }
-    let mut run = Run {
-        label: if bad > 0 {
-            format!("ingestion, {good} good + {bad} bad-signature connections")
-        } else {
-            format!(
-                "ingestion, {good} connection{}",
-                if good == 1 { "" } else { "s" }
-            )
-        },
-        connections: good,
-        ok: 0,
-        errors: 0,
-        secs: 0.0,
-        latencies_us: Vec::new(),
-        peak_rss_kib: 0,
-        rejected: 0,
-        cpu: Cpu::default(),
+    let label = if bad > 0 {
+        format!("ingestion, {good} good + {bad} bad-signature connections")
+    } else {
+        format!(
+            "ingestion, {good} connection{}",
+            if good == 1 { "" } else { "s" }
+        )
     };
-    for t in tasks {
-        let (ok, errors, latencies, rejected) = t.await?;
-        run.ok += ok;
-        run.errors += errors;
-        run.rejected += rejected;
-        run.latencies_us.extend(latencies);
+    probe.collect(label, good, tasks).await
+}
+
+/// What one client task counted.
+#[derive(Default)]
+struct Counts {
+    ok: usize,
+    errors: usize,
+    rejected: usize,
+    latencies_us: Vec<u64>,
+}
+
+impl Counts {
+    /// A request sent at `sent` got the answer it wanted.
+    fn answered(&mut self, sent: Instant) {
+        self.ok += 1;
+        self.latencies_us.push(sent.elapsed().as_micros() as u64);
     }
-    run.secs = started.elapsed().as_secs_f64();
-    run.latencies_us.sort_unstable();
-    run.peak_rss_kib = sampler.stop();
-    run.cpu = Cpu::now(pids.0, pids.1).since(cpu);
-    Ok(run)
+}
+
+/// The clock, memory sampler and CPU reading of one run.
+struct Probe {
+    pids: (u32, u32),
+    started: Instant,
+    sampler: RssSampler,
+    cpu: Cpu,
+}
+
+impl Probe {
+    fn start(pids: (u32, u32)) -> Self {
+        Self {
+            pids,
+            sampler: RssSampler::start(pids.0),
+            cpu: Cpu::now(pids.0, pids.1),
+            started: Instant::now(),
+        }
+    }
+
+    /// Waits for the run's client tasks and sums up what they counted.
+    async fn collect(
+        self,
+        label: String,
+        connections: usize,
+        tasks: Vec<tokio::task::JoinHandle<Counts>>,
+    ) -> anyhow::Result<Run> {
+        let mut run = Run {
+            label,
+            connections,
+            ok: 0,
+            errors: 0,
+            secs: 0.0,
+            latencies_us: Vec::new(),
+            peak_rss_kib: 0,
+            rejected: 0,
+            cpu: Cpu::default(),
+        };
+        for t in tasks {
+            let counts = t.await?;
+            run.ok += counts.ok;
+            run.errors += counts.errors;
+            run.rejected += counts.rejected;
+            run.latencies_us.extend(counts.latencies_us);
+        }
+        run.secs = self.started.elapsed().as_secs_f64();
+        run.latencies_us.sort_unstable();
+        run.peak_rss_kib = self.sampler.stop();
+        run.cpu = Cpu::now(self.pids.0, self.pids.1).since(self.cpu);
+        Ok(run)
+    }
 }
 
 /// Makes `n` active mandates the way customers do: `POST /mandates`, then the card paid at the
@@ -633,15 +676,13 @@ async fn charges(
 ) -> anyhow::Result<Run> {
     let mandates = Arc::new(mandates.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
-    let sampler = RssSampler::start(pids.0);
-    let cpu = Cpu::now(pids.0, pids.1);
-    let started = Instant::now();
+    let probe = Probe::start(pids);
     let mut tasks = Vec::new();
     for _ in 0..BILLING_IN_FLIGHT {
         let (http, next, mandates) = (http.clone(), next.clone(), mandates.clone());
         let url = format!("{service_url}/charges");
         tasks.push(tokio::spawn(async move {
-            let (mut ok, mut errors, mut latencies) = (0usize, 0usize, Vec::new());
+            let mut counts = Counts::default();
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(mandate_id) = mandates.get(i) else {
@@ -656,37 +697,15 @@ async fn charges(
                     .send()
                     .await;
                 match answer.map(|r| r.status().as_u16()) {
-                    Ok(201 | 202) => {
-                        ok += 1;
-                        latencies.push(sent.elapsed().as_micros() as u64);
-                    }
-                    _ => errors += 1,
+                    Ok(201 | 202) => counts.answered(sent),
+                    _ => counts.errors += 1,
                 }
             }
-            (ok, errors, latencies)
+            counts
         }));
     }
-    let mut run = Run {
-        label: format!("billing, {} charges", mandates.len()),
-        connections: BILLING_IN_FLIGHT,
-        ok: 0,
-        errors: 0,
-        secs: 0.0,
-        latencies_us: Vec::new(),
-        peak_rss_kib: 0,
-        rejected: 0,
-        cpu: Cpu::default(),
-    };
-    for t in tasks {
-        let (ok, errors, latencies) = t.await?;
-        run.ok += ok;
-        run.errors += errors;
-        run.latencies_us.extend(latencies);
-    }
-    run.secs = started.elapsed().as_secs_f64();
-    run.latencies_us.sort_unstable();
-    run.peak_rss_kib = sampler.stop();
-    run.cpu = Cpu::now(pids.0, pids.1).since(cpu);
+    let label = format!("billing, {} charges", mandates.len());
+    let run = probe.collect(label, BILLING_IN_FLIGHT, tasks).await?;
     if run.errors > 0 {
         bail!("{} charges were not accepted", run.errors);
     }
