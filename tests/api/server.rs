@@ -168,7 +168,9 @@ async fn the_service_runs_on_a_socket_and_stops_cleanly() {
     shut_down(stop, handle).await;
 }
 
-/// Clients that hang up mid-request must not make later acknowledged writes vanish.
+/// Clients that hang up mid-request must not make later acknowledged writes vanish. This is the
+/// end-to-end contract; the webhook path opens no transaction, so the trap itself is provoked
+/// and shown closed in `faults::database_work_inside_detached_survives_its_caller_hanging_up`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_webhook_is_stored_even_when_other_clients_hang_up() {
     let test_db = TestDb::new().await;
