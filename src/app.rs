@@ -124,7 +124,17 @@ pub fn router_with_limit(state: AppState, request_timeout: Duration, body_limit:
                 .get(REQUEST_ID_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            tracing::info_span!("request", method = %req.method(), route, request_id)
+            // A webhook's id, type and outcome are recorded on this span by its handler, so
+            // that the request's one log line carries them.
+            tracing::info_span!(
+                "request",
+                method = %req.method(),
+                route,
+                request_id,
+                webhook_id = tracing::field::Empty,
+                event_type = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            )
         })
         .on_request(())
         .on_response(DefaultOnResponse::new().level(Level::INFO));

@@ -251,6 +251,34 @@ async fn no_secret_or_personal_data_reaches_the_logs() {
             .is_some_and(|r| !r.is_empty()),
         "{line}"
     );
+    // A webhook's line also says which message it was and what became of it.
+    let webhook = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| {
+            l["message"] == "finished processing request"
+                && l["span"]["route"] == "/webhooks/moment"
+                && l["status"] == 204
+        })
+        .expect("a request line for a webhook");
+    let span = &webhook["span"];
+    assert!(
+        span["webhook_id"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("msg_")),
+        "{webhook}"
+    );
+    assert!(
+        span["event_type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("payment")),
+        "{webhook}"
+    );
+    assert!(
+        ["applied", "ignored", "deferred", "duplicate"]
+            .contains(&span["outcome"].as_str().unwrap_or("")),
+        "{webhook}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
