@@ -207,10 +207,14 @@ pub async fn store_response(
 /// [`bind_transition`]; shared with the webhook statement in `store::webhook_events`.
 macro_rules! apply_update {
     () => {
-        "update charge set status = $3, session_id = coalesce(session_id, $2),
+        concat!(
+            "update charge set status = $3, session_id = coalesce(session_id, $2),
                 payment_id = coalesce($4, payment_id), failure = coalesce($5, failure),
                 next_attempt_at = null, updated_at = now()
-         where id = coalesce($1, (select id from charge where session_id = $2)) and status = any($6)"
+         where ",
+            crate::store::transition_target!("charge"),
+            " and status = any($6)"
+        )
     };
 }
 pub(crate) use apply_update;
@@ -244,11 +248,15 @@ pub async fn exists_for(
     conn: impl PgExecutor<'_>,
     t: &Transition<ChargeStatus>,
 ) -> sqlx::Result<bool> {
-    sqlx::query_scalar("select exists (select 1 from charge where id = $1 or session_id = $2)")
-        .bind(t.external_reference)
-        .bind(&t.session_id)
-        .fetch_one(conn)
-        .await
+    sqlx::query_scalar(concat!(
+        "select exists (select 1 from charge where ",
+        crate::store::transition_target!("charge"),
+        ")"
+    ))
+    .bind(t.external_reference)
+    .bind(&t.session_id)
+    .fetch_one(conn)
+    .await
 }
 
 /// Filters of `GET /charges`.

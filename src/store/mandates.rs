@@ -140,11 +140,15 @@ pub async fn fail(
 /// [`bind_transition`]; shared with the webhook statement in `store::webhook_events`.
 macro_rules! apply_update {
     () => {
-        "update mandate set status = $3, session_id = coalesce(session_id, $2),
+        concat!(
+            "update mandate set status = $3, session_id = coalesce(session_id, $2),
                 customer_id = coalesce($4, customer_id), payment_method_id = coalesce($5, payment_method_id),
                 payment_id = coalesce($6, payment_id), failure = coalesce($7, failure),
                 locked_until = null, updated_at = now()
-         where id = coalesce($1, (select id from mandate where session_id = $2)) and status = any($8)"
+         where ",
+            crate::store::transition_target!("mandate"),
+            " and status = any($8)"
+        )
     };
 }
 pub(crate) use apply_update;
@@ -181,11 +185,15 @@ pub async fn exists_for(
     conn: impl PgExecutor<'_>,
     t: &Transition<MandateStatus>,
 ) -> sqlx::Result<bool> {
-    sqlx::query_scalar("select exists (select 1 from mandate where id = $1 or session_id = $2)")
-        .bind(t.external_reference)
-        .bind(&t.session_id)
-        .fetch_one(conn)
-        .await
+    sqlx::query_scalar(concat!(
+        "select exists (select 1 from mandate where ",
+        crate::store::transition_target!("mandate"),
+        ")"
+    ))
+    .bind(t.external_reference)
+    .bind(&t.session_id)
+    .fetch_one(conn)
+    .await
 }
 
 /// Revokes an active mandate; revoking a revoked one changes nothing.

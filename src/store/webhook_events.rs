@@ -87,7 +87,9 @@ macro_rules! record_sql {
                  select exists (select 1 from moved)
                      or exists (select 1 from ",
             $table,
-            " where id = $1 or session_id = $2) as yes)
+            " where ",
+            crate::store::transition_target!($table),
+            ") as yes)
              insert into webhook_event (webhook_id, event_id, event_type, session_id,
                                         external_reference, payload, outcome, applied_at)
              select ",
