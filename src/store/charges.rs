@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::domain::{Charge, ChargeStatus, Transition};
 use crate::moment::wire::Session;
+use crate::store::Recorded;
 
 /// A charge as the merchant asked for it; the mandate supplies the rest.
 pub struct NewCharge<'a> {
@@ -125,29 +126,20 @@ pub async fn record_session(
     conn: impl PgExecutor<'_>,
     id: Uuid,
     session: &Session,
-) -> sqlx::Result<Recorded> {
-    sqlx::query_as(
+) -> sqlx::Result<Recorded<Charge>> {
+    sqlx::query_as(concat!(
         "update charge set session_id = $2, payment_id = coalesce(payment_id, $3),
                 status = case when status = 'pending' then 'processing' else status end,
                 attempts = attempts + 1, locked_until = null, next_attempt_at = null, updated_at = now()
          where id = $1
-         returning *, exists (select 1 from webhook_event
-                              where session_id = $2 and outcome = 'deferred') as webhook_waiting",
-    )
+         returning *",
+        crate::store::webhook_waiting!()
+    ))
     .bind(id)
     .bind(&session.id)
     .bind(&session.payment_id)
     .fetch_one(conn)
     .await
-}
-
-/// A charge whose session was just recorded.
-#[derive(Debug, sqlx::FromRow)]
-pub struct Recorded {
-    #[sqlx(flatten)]
-    pub charge: Charge,
-    /// A webhook for this session came before we knew the session, and waits to be applied.
-    pub webhook_waiting: bool,
 }
 
 /// Marks a pending charge failed because Moment refused it.

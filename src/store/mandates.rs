@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::domain::{Mandate, MandateStatus, Transition};
 use crate::moment::wire::Session;
+use crate::store::Recorded;
 
 /// A mandate as the merchant asked for it.
 pub struct NewMandate<'a> {
@@ -95,13 +96,14 @@ pub async fn record_session(
     conn: impl PgExecutor<'_>,
     id: Uuid,
     session: &Session,
-) -> sqlx::Result<Mandate> {
-    sqlx::query_as(
+) -> sqlx::Result<Recorded<Mandate>> {
+    sqlx::query_as(concat!(
         "update mandate set session_id = $2, checkout_url = $3,
                 customer_id = coalesce(customer_id, $4), locked_until = null, updated_at = now()
          where id = $1
          returning *",
-    )
+        crate::store::webhook_waiting!()
+    ))
     .bind(id)
     .bind(&session.id)
     .bind(&session.session_url)

@@ -15,6 +15,25 @@ macro_rules! transition_target {
 }
 pub(crate) use transition_target;
 
+/// Appended to a `returning *` that records a Moment session (`$2`): whether a webhook for it
+/// came before we knew the session, and waits to be applied.
+macro_rules! webhook_waiting {
+    () => {
+        ", exists (select 1 from webhook_event
+                   where session_id = $2 and outcome = 'deferred') as webhook_waiting"
+    };
+}
+pub(crate) use webhook_waiting;
+
+/// A mandate or charge whose Moment session was just recorded.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Recorded<T> {
+    #[sqlx(flatten)]
+    pub record: T,
+    /// A webhook for this session came first and waits to be applied.
+    pub webhook_waiting: bool,
+}
+
 pub mod charges;
 pub mod mandates;
 pub mod webhook_events;

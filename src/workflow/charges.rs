@@ -147,7 +147,7 @@ pub async fn send(state: &AppState, charge: Charge) -> sqlx::Result<Charge> {
     match state.moment.create_session(&req, &id).await {
         Ok(session) => {
             let recorded = charges::record_session(&state.db, charge.id, &session).await?;
-            let (mut recorded, waiting) = (recorded.charge, recorded.webhook_waiting);
+            let (mut recorded, waiting) = (recorded.record, recorded.webhook_waiting);
             tracing::info!(charge_id = %id, session_id = %session.id, "charge accepted by Moment");
             // The answer may already carry the outcome, and a webhook may have beaten us here.
             let moved =

@@ -120,9 +120,10 @@ async fn open_session(state: &AppState, mandate: Mandate) -> Result<Mandate, Api
                 tracing::warn!(mandate_id = %id, session_id = %session.id, "Moment returned no session_url");
             }
             let recorded = mandates::record_session(&state.db, mandate.id, &session).await?;
+            let (recorded, waiting) = (recorded.record, recorded.webhook_waiting);
             tracing::info!(mandate_id = %id, session_id = %session.id, "checkout session opened");
             // A webhook may have beaten this write; apply what it left waiting.
-            if events::apply_deferred(&state.db, Some(&session.id)).await? > 0 {
+            if waiting && events::apply_deferred(&state.db, Some(&session.id)).await? > 0 {
                 return Ok(mandates::by_id(&state.db, mandate.id)
                     .await?
                     .unwrap_or(recorded));
