@@ -1,0 +1,299 @@
+//! The benchmark behind `scripts/bench`: pgbench's ceiling for the webhook transaction, then
+//! webhook ingestion and a billing run against the release binary (`serve` and `sim` as child
+//! processes), then BENCHMARKS.md. Arguments: `--tiny` (the CI size), `--secs N` (each run's
+//! length), `--mandates N` (the billing run's size), `--out PATH`.
+//! `BENCH_DATABASE_URL` names the database it recreates (default
+//! `postgres://postgres@127.0.0.1:5432/moment_mandates_bench`).
+
+mod args;
+mod drivers;
+mod pgbench;
+mod proc_stats;
+mod process;
+mod report;
+mod statement;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use moment_mandates::moment::signature::WebhookSecret;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use args::Size;
+use drivers::{Run, active_mandates, charges, scrape, settle, sum_metric, webhooks};
+use pgbench::{run_pgbench, statement_script, transaction_script};
+use proc_stats::{machine, rss_kib};
+use process::{free_port, recreate_database, spawn, stop, wait_ready};
+use report::report;
+
+const API_KEY: &str = "bench_api_key_0123456789abcdef";
+const MOMENT_KEY: &str = "sk_test_bench_0123456789";
+/// Moment's latency during the billing run.
+const LATENCY_MS: u64 = 50;
+/// Connections for the ingestion runs; the billing run keeps `BILLING_IN_FLIGHT` in flight.
+const LEVELS: [usize; 3] = [1, 16, 64];
+const BILLING_IN_FLIGHT: usize = 64;
+
+fn main() -> anyhow::Result<()> {
+    let args::Args { size, out } = args::parse()?;
+    let url = std::env::var("BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/moment_mandates_bench".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(run(&size, &url))?;
+    std::fs::write(&out, report).with_context(|| format!("cannot write {}", out.display()))?;
+    println!("bench: wrote {}", out.display());
+    Ok(())
+}
+
+async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
+    let machine = machine().await;
+    println!(
+        "bench: {} size on {}",
+        size.name,
+        machine.lines().next().unwrap_or("")
+    );
+    recreate_database(url).await?;
+
+    let service_port = free_port()?;
+    let sim_port = free_port()?;
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(b"moment-mandates benchmark secret")
+    );
+    let signer = Arc::new(WebhookSecret::parse(&secret).expect("a valid secret"));
+    let service_url = format!("http://127.0.0.1:{service_port}");
+    let sim_url = format!("http://127.0.0.1:{sim_port}");
+
+    let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let mut sim = spawn(
+        &logs.join("bench-sim.log"),
+        Command::new(env!("CARGO_BIN_EXE_moment-mandates"))
+            .arg("sim")
+            .env("SIM_LISTEN_ADDR", format!("127.0.0.1:{sim_port}"))
+            .env("SIM_SECRET_KEY", MOMENT_KEY)
+            .env("SIM_WEBHOOK_SECRET", &secret)
+            .env("SIM_WEBHOOK_URL", format!("{service_url}/webhooks/moment"))
+            .env("SIM_SETTLE_DELAY_MS", "100")
+            .env("RUST_LOG", "warn"),
+    )?;
+    let started = Instant::now();
+    let mut service = spawn(
+        &logs.join("bench-service.log"),
+        Command::new(env!("CARGO_BIN_EXE_moment-mandates"))
+            .arg("serve")
+            .env("DATABASE_URL", url)
+            .env("LISTEN_ADDR", format!("127.0.0.1:{service_port}"))
+            .env("MOMENT_API_URL", &sim_url)
+            .env("MOMENT_SECRET_KEY", MOMENT_KEY)
+            .env("MOMENT_WEBHOOK_SECRETS", &secret)
+            .env("API_KEYS", API_KEY),
+    )?;
+    let http = reqwest::Client::new();
+    wait_ready(&http, &format!("{service_url}/readyz"), &mut service).await?;
+    let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
+    wait_ready(&http, &format!("{sim_url}/_sim/stats"), &mut sim).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = rss_kib(service.id(), "VmRSS");
+    println!("bench: service ready in {startup_ms:.0} ms, {idle_rss} KiB resident");
+
+    let db = PgPoolOptions::new().max_connections(4).connect(url).await?;
+    let result = measure(
+        size,
+        url,
+        &db,
+        &http,
+        &signer,
+        &service_url,
+        &sim_url,
+        (service.id(), sim.id()),
+    )
+    .await;
+    let service_hwm = rss_kib(service.id(), "VmHWM");
+    stop(&mut service);
+    stop(&mut sim);
+    let m = result?;
+    Ok(report(
+        size,
+        &machine,
+        startup_ms,
+        idle_rss,
+        service_hwm,
+        &m,
+    ))
+}
+
+struct Measured {
+    /// pgbench running the service's one statement at 64 clients.
+    statement_tps: f64,
+    /// Mean milliseconds of a Moment call, and of the service's `POST /charges`, in the run.
+    moment_ms: f64,
+    handler_ms: f64,
+    pgbench: Vec<(usize, f64, f64)>,
+    ingestion: Vec<Run>,
+    flood: Run,
+    billing: Run,
+    billing_settled_secs: f64,
+    billing_setup_secs: f64,
+    sim_sessions: u64,
+    sim_payments: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    size: &Size,
+    url: &str,
+    db: &PgPool,
+    http: &reqwest::Client,
+    signer: &Arc<WebhookSecret>,
+    service_url: &str,
+    sim_url: &str,
+    pids: (u32, u32),
+) -> anyhow::Result<Measured> {
+    // The ceiling: the transaction one webhook needs, as pgbench runs it.
+    let pgbench_rows = 100_000;
+    sqlx::query(
+        "insert into mandate (id, amount, currency, customer_name, customer_email, request_hash, session_id)
+         select gen_random_uuid(), 5000, 'ZAR', 'Bench', 'bench@example.com', 'h', 'ps_pgb_' || i
+         from generate_series(1, $1) i",
+    )
+    .bind(pgbench_rows)
+    .execute(db)
+    .await?;
+    let mut pgbench = Vec::new();
+    for c in LEVELS {
+        let tps = run_pgbench(url, c, size.secs, &transaction_script(pgbench_rows))?;
+        println!("bench: pgbench {c:>2} clients: {:.0} tps", tps.0);
+        pgbench.push((c, tps.0, tps.1));
+    }
+    // The service's own statement under pgbench: the database's share of the work alone.
+    let statement = run_pgbench(url, 64, size.secs, &statement_script(pgbench_rows))?;
+    println!(
+        "bench: pgbench 64 clients, the service's statement: {:.0} tps",
+        statement.0
+    );
+
+    // Ingestion: signed completions of distinct pending mandates.
+    let pool: Arc<Vec<(String, String)>> = Arc::new(
+        sqlx::query_as(
+            "insert into mandate (id, amount, currency, customer_name, customer_email, request_hash, session_id)
+             select gen_random_uuid(), 5000, 'ZAR', 'Bench', 'bench@example.com', 'h', 'ps_wh_' || i
+             from generate_series(1, $1) i
+             returning id::text, session_id",
+        )
+        .bind(size.webhook_pool as i64)
+        .fetch_all(db)
+        .await?,
+    );
+    sqlx::query("vacuum analyze").execute(db).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let target = format!("{service_url}/webhooks/moment");
+    let mut ingestion = Vec::new();
+    for c in LEVELS {
+        let run = webhooks(&target, signer, &pool, &next, c, 0, size.secs, pids).await?;
+        println!(
+            "bench: ingestion {c:>2} connections: {:.0} events/s, p99 {:.2} ms, {} errors",
+            run.per_sec(),
+            run.pct_ms(0.99),
+            run.errors
+        );
+        ingestion.push(run);
+    }
+    let flood = webhooks(&target, signer, &pool, &next, 16, 64, size.secs, pids).await?;
+    println!(
+        "bench: 16 good + 64 bad-signature connections: {:.0} good events/s, p99 {:.2} ms",
+        flood.per_sec(),
+        flood.pct_ms(0.99)
+    );
+    let sent = next.load(Ordering::SeqCst).min(pool.len());
+    let stored: i64 = sqlx::query_scalar(
+        "select count(*) from webhook_event e join mandate m on m.session_id = e.session_id
+         where m.status = 'active' and e.outcome = 'applied' and e.session_id like 'ps\\_wh\\_%'",
+    )
+    .fetch_one(db)
+    .await?;
+    let answered: usize = ingestion.iter().map(|r| r.ok).sum::<usize>() + flood.ok;
+    if stored as usize != answered {
+        bail!(
+            "{answered} webhooks were answered 204 but {stored} are stored and applied ({sent} sent)"
+        );
+    }
+
+    let forged: i64 = sqlx::query_scalar(
+        "select count(*) from webhook_event where webhook_id like 'msg\\_forged%'",
+    )
+    .fetch_one(db)
+    .await?;
+    if forged > 0 {
+        bail!("{forged} forged webhooks were stored");
+    }
+
+    // The billing run: active mandates made through checkout, then charged all at once.
+    let setup = Instant::now();
+    let mandates = active_mandates(http, service_url, sim_url, db, size.mandates).await?;
+    let billing_setup_secs = setup.elapsed().as_secs_f64();
+    println!(
+        "bench: {} active mandates in {billing_setup_secs:.1} s",
+        mandates.len()
+    );
+    let before: Value = http
+        .get(format!("{sim_url}/_sim/stats"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    http.patch(format!("{sim_url}/_sim/faults"))
+        .json(&json!({"latency_ms": LATENCY_MS}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let metrics_before = scrape(http, service_url).await?;
+    let started = Instant::now();
+    let billing = charges(http, service_url, &mandates, pids).await?;
+    let metrics_after = scrape(http, service_url).await?;
+    settle(db, mandates.len(), Duration::from_secs(120)).await?;
+    let billing_settled_secs = started.elapsed().as_secs_f64();
+    let after: Value = http
+        .get(format!("{sim_url}/_sim/stats"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let delta = |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
+    println!(
+        "bench: billing {:.0} charges/s, all succeeded after {billing_settled_secs:.1} s",
+        billing.per_sec()
+    );
+    let mean_ms = |name: &str, filter: &str| {
+        let d = |k: &str| {
+            sum_metric(&metrics_after, k, filter) - sum_metric(&metrics_before, k, filter)
+        };
+        1000.0 * d(&format!("{name}_sum")) / d(&format!("{name}_count"))
+    };
+    let moment_ms = mean_ms("moment_request_duration_seconds", "");
+    let handler_ms = mean_ms("http_request_duration_seconds", "route=\"/charges\"");
+    println!(
+        "bench: per charge, Moment took {moment_ms:.1} ms of the service's {handler_ms:.1} ms"
+    );
+    Ok(Measured {
+        statement_tps: statement.0,
+        moment_ms,
+        handler_ms,
+        pgbench,
+        ingestion,
+        flood,
+        billing,
+        billing_settled_secs,
+        billing_setup_secs,
+        sim_sessions: delta("sessions"),
+        sim_payments: delta("payments_succeeded"),
+    })
+}

@@ -1,0 +1,85 @@
+//! The child processes and their database: ports, start-up, readiness and shutdown.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use sqlx::{Connection, PgConnection};
+
+pub async fn recreate_database(url: &str) -> anyhow::Result<()> {
+    let (server, name) = url
+        .rsplit_once('/')
+        .context("BENCH_DATABASE_URL has no database name")?;
+    let mut admin = PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .context("cannot reach Postgres")?;
+    sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
+        .execute(&mut admin)
+        .await?;
+    sqlx::query(&format!("create database \"{name}\""))
+        .execute(&mut admin)
+        .await?;
+    Ok(())
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts `command` with its logs going to `log`.
+pub fn spawn(log: &std::path::Path, command: &mut Command) -> anyhow::Result<Child> {
+    let file = std::fs::File::create(log)?;
+    println!("bench: logs in {}", log.display());
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .context("cannot start moment-mandates")
+}
+
+/// Polls `url` until it answers 200; returns the seconds it took.
+pub async fn wait_ready(
+    http: &reqwest::Client,
+    url: &str,
+    child: &mut Child,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = http.get(url).send().await
+            && r.status().is_success()
+        {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("moment-mandates exited before it was ready: {status}");
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("{url} not ready after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
