@@ -1,14 +1,15 @@
-//! Application state, the router, and `run` with graceful shutdown.
+//! The router (every route with its middleware), and `run` with graceful shutdown.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, StatusCode};
-use axum::middleware;
-use sqlx::PgPool;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt as _;
 use tokio::net::TcpListener;
 use tower_http::request_id::PropagateRequestIdLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -18,70 +19,18 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{ApiKeys, require_api_key};
-use crate::config::Config;
-use crate::error::problem_fallback;
-use crate::moment::signature::{Verifier, WebhookSecret};
-use crate::moment::{MomentClient, RetryPolicy};
-use crate::routes::{charges, health, mandates, webhooks};
+use crate::auth::require_api_key;
+use crate::config::{BODY_LIMIT, Config};
+use crate::error::{ApiError, problem_fallback};
+use crate::routes::{charges, mandates, ops, webhooks};
+use crate::state::AppState;
 use crate::telemetry::{REQUEST_ID_HEADER, assign_request_id};
 use crate::{db, openapi, worker};
-
-/// Default largest request body accepted (bytes); larger ones get 413.
-pub const BODY_LIMIT: usize = 256 * 1024;
-
-/// Settings the handlers read.
-pub struct Settings {
-    /// Base URL of this service, without a trailing slash.
-    pub public_url: String,
-    pub default_return_url: Option<String>,
-    pub api_keys: ApiKeys,
-    /// How long a pending mandate or processing charge may stay quiet before the worker asks
-    /// Moment about it.
-    pub reconcile_after: Duration,
-}
-
-/// Shared by every handler; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub db: PgPool,
-    pub moment: MomentClient,
-    pub verifier: Arc<Verifier>,
-    pub settings: Arc<Settings>,
-}
-
-impl AppState {
-    /// Builds the state from checked settings. Consumes the webhook secrets.
-    pub fn new(config: &mut Config, db: PgPool) -> anyhow::Result<Self> {
-        let retry = RetryPolicy {
-            max_attempts: config.moment_max_attempts,
-            ..RetryPolicy::default()
-        };
-        let moment = MomentClient::new(
-            &config.moment_api_url,
-            config.moment_secret_key.clone(),
-            config.moment_timeout,
-            retry,
-        )?;
-        let secrets: Vec<WebhookSecret> = std::mem::take(&mut config.webhook_secrets);
-        Ok(Self {
-            db,
-            moment,
-            verifier: Arc::new(Verifier::new(secrets, config.webhook_tolerance)),
-            settings: Arc::new(Settings {
-                public_url: config.public_url.clone(),
-                default_return_url: config.default_return_url.clone(),
-                api_keys: ApiKeys::new(&config.api_keys),
-                reconcile_after: config.reconcile_after,
-            }),
-        })
-    }
-}
 
 const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
 /// Every route, with its middleware. `request_timeout` answers a slow request with 408; its
-/// database and Moment work runs detached and completes regardless.
+/// database and Moment work runs detached (see [`detach`]) and completes regardless.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     router_with_limit(state, request_timeout, BODY_LIMIT)
 }
@@ -96,15 +45,15 @@ pub fn router_with_limit(state: AppState, request_timeout: Duration, body_limit:
         .routes(routes!(charges::create, charges::list))
         .routes(routes!(charges::show))
         .route_layer(middleware::from_fn_with_state(
-            state.clone(),
+            state.api_keys.clone(),
             require_api_key,
         ));
     let public = OpenApiRouter::new()
         .routes(routes!(mandates::customer_return))
         .routes(routes!(webhooks::receive))
-        .routes(routes!(health::healthz))
-        .routes(routes!(health::readyz))
-        .routes(routes!(crate::metrics::render))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::render))
         .routes(routes!(openapi::document))
         .routes(routes!(openapi::docs));
     let (routes, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
@@ -140,6 +89,9 @@ pub fn router_with_limit(state: AppState, request_timeout: Duration, body_limit:
         .on_response(DefaultOnResponse::new().level(Level::INFO));
     routes
         .layer(DefaultBodyLimit::max(body_limit))
+        // Inside the timeout: a timeout or a client hanging up drops only the wait for the
+        // handler, never the handler itself.
+        .layer(middleware::from_fn_with_state(body_limit, detach))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
@@ -151,6 +103,42 @@ pub fn router_with_limit(state: AppState, request_timeout: Duration, body_limit:
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(middleware::from_fn(assign_request_id))
         .with_state(state)
+}
+
+/// Reads the body whole (at most `limit` bytes, or `413`), then runs the rest of the request
+/// (the handler and its database and Moment work) in a task of its own and waits for it.
+///
+/// axum drops a request's future when the client hangs up or the timeout fires, and sqlx's
+/// `begin()` is not cancel-safe: work cut short there can leave a pooled connection in a
+/// transaction that swallows later writes. Here nothing a handler starts is ever cut short,
+/// whichever route it is and whether or not its author remembered. The body is read before,
+/// in the request's own future, so that a client sending it slowly is still cut off by the
+/// timeout instead of holding a detached task.
+async fn detach(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::PayloadTooLarge(limit).into_response();
+    }
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::PayloadTooLarge(limit).into_response();
+        }
+        Err(_) => {
+            return ApiError::Malformed {
+                field: None,
+                detail: "the request body could not be read".into(),
+            }
+            .into_response();
+        }
+    };
+    let req = Request::from_parts(parts, Body::from(bytes));
+    db::detached(next.run(req)).await
 }
 
 /// Connects (creating and migrating the database unless told not to), starts the worker,

@@ -1,5 +1,7 @@
 //! Bearer API keys for the merchant's own services.
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
@@ -8,7 +10,6 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 
 /// The accepted keys, kept only as SHA-256 digests: comparing digests in constant time
@@ -36,9 +37,10 @@ impl ApiKeys {
     }
 }
 
-/// Middleware: refuses a request without an accepted `Authorization: Bearer` key.
+/// Middleware: refuses a request without an accepted `Authorization: Bearer` key. The keys
+/// are handed down by whoever builds the router.
 pub async fn require_api_key(
-    State(state): State<AppState>,
+    State(keys): State<Arc<ApiKeys>>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -52,7 +54,7 @@ pub async fn require_api_key(
         })
         .map(str::trim);
     match token {
-        Some(t) if !t.is_empty() && state.settings.api_keys.accepts(t) => Ok(next.run(req).await),
+        Some(t) if !t.is_empty() && keys.accepts(t) => Ok(next.run(req).await),
         _ => Err(ApiError::Unauthorized),
     }
 }

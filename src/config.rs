@@ -1,216 +1,28 @@
-//! Settings, from the command line or the environment (and a `.env` file when present).
+//! Settings the service runs with, checked: `Config` for `serve`, `DbConfig` for the pool,
+//! and the parsers that turn a setting's text into a value or a `ConfigError` naming its
+//! variable. The command line that fills them in lives in `cli`.
 //!
-//! clap reads every value as text and this module checks it, so that a missing or malformed
-//! setting stops the process with one line naming the variable, and no value of a secret is
-//! ever printed (not in `--help` either: `hide_env_values`).
+//! Secrets are `SecretString`s, so that no value of a secret is ever printed.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 
-use crate::db::DbConfig;
-use crate::dev::DevOptions;
 use crate::moment::signature::WebhookSecret;
-use crate::sim::{Faults, SimConfig};
+use crate::telemetry::LogFormat;
 
-/// Default database: the local Postgres with trust auth.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/moment_mandates";
+/// Default largest request body accepted (bytes); larger ones get 413.
+pub const BODY_LIMIT: usize = 256 * 1024;
 
-#[derive(Parser)]
-#[command(
-    name = "moment-mandates",
-    version,
-    about = "Recurring payments through Moment: mandates, webhooks and charges"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Subcommand)]
-pub enum Command {
-    /// Run the HTTP service (and its background worker).
-    Serve(Box<ServeArgs>),
-    /// Create the database if missing, apply migrations, and exit.
-    Migrate(DbArgs),
-    /// Run the Moment simulator: payment sessions API, hosted checkout and webhooks.
-    Sim(Box<SimArgs>),
-    /// Run the service, the simulator and a demo merchant page together, wired with fresh
-    /// secrets, on the local Postgres.
-    Dev(Box<DevArgs>),
-}
-
-/// Faults the simulator injects; each can be changed later through `PATCH /_sim/faults`.
-#[derive(Args, Clone)]
-pub struct FaultArgs {
-    /// Milliseconds added to every API answer.
-    #[arg(long, env = "SIM_LATENCY_MS", default_value = "0")]
-    pub latency_ms: String,
-    /// Share (0..1) of API calls answered 503 without effect.
-    #[arg(long, env = "SIM_ERROR_RATE", default_value = "0")]
-    pub error_rate: String,
-    /// Share (0..1) of API calls that take effect but whose answer is held back (a timeout).
-    #[arg(long, env = "SIM_TIMEOUT_RATE", default_value = "0")]
-    pub timeout_rate: String,
-    /// How long a timed-out answer is held back, in milliseconds.
-    #[arg(long, env = "SIM_HANG_MS", default_value = "30000")]
-    pub hang_ms: String,
-    /// Share (0..1) of webhooks delivered twice.
-    #[arg(long, env = "SIM_DUPLICATE_RATE", default_value = "0")]
-    pub duplicate_rate: String,
-    /// Each webhook waits a random 0..N ms before its first attempt, which reorders them.
-    #[arg(long, env = "SIM_REORDER_WINDOW_MS", default_value = "0")]
-    pub reorder_window_ms: String,
-    /// Hold every webhook until `POST /_sim/webhooks/release`.
-    #[arg(long, env = "SIM_HOLD_WEBHOOKS")]
-    pub hold_webhooks: bool,
-}
-
-#[derive(Args, Clone)]
-pub struct SimArgs {
-    /// Address to listen on.
-    #[arg(long, env = "SIM_LISTEN_ADDR", default_value = "127.0.0.1:8081")]
-    pub listen: String,
-    /// Base URL for the checkout pages in session_url [default: http://LISTEN].
-    #[arg(long, env = "SIM_PUBLIC_URL")]
-    pub public_url: Option<String>,
-    /// The API key callers must send as a bearer token. Required.
-    #[arg(long, env = "SIM_SECRET_KEY", hide_env_values = true)]
-    pub secret_key: Option<String>,
-    /// The whsec_… secret webhooks are signed with. Required.
-    #[arg(long, env = "SIM_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<String>,
-    /// Where webhooks are sent; without it they are only recorded.
-    #[arg(long, env = "SIM_WEBHOOK_URL")]
-    pub webhook_url: Option<String>,
-    /// Milliseconds before a next_in_series charge settles.
-    #[arg(long, env = "SIM_SETTLE_DELAY_MS", default_value = "2000")]
-    pub settle_delay_ms: String,
-    /// Seconds before an unfinished checkout expires.
-    #[arg(long, env = "SIM_SESSION_EXPIRY_SECS", default_value = "1800")]
-    pub session_expiry_secs: String,
-    /// Waits between webhook attempts, comma-separated, each with a unit (ms, s, m, h).
-    #[arg(
-        long,
-        env = "SIM_WEBHOOK_RETRY_SCHEDULE",
-        default_value = "5s,5m,30m,2h,5h,10h,10h"
-    )]
-    pub webhook_retry_schedule: String,
-    /// Seconds one webhook attempt may take.
-    #[arg(long, env = "SIM_WEBHOOK_TIMEOUT_SECS", default_value = "15")]
-    pub webhook_timeout_secs: String,
-    /// Answer 400 to a create without Idempotency-Key.
-    #[arg(long, env = "SIM_REQUIRE_IDEMPOTENCY_KEY")]
-    pub require_idempotency_key: bool,
-    #[command(flatten)]
-    pub faults: FaultArgs,
-    /// Log format: json or text.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
-}
-
-#[derive(Args, Clone)]
-pub struct DevArgs {
-    /// Postgres URL; the database is created if missing.
-    #[arg(long, env = "DATABASE_URL", default_value = DEV_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
-    /// Where the service listens.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
-    pub listen: String,
-    /// Where the simulator listens.
-    #[arg(long, env = "SIM_LISTEN_ADDR", default_value = "127.0.0.1:8081")]
-    pub sim_listen: String,
-    /// Where the demo merchant page listens.
-    #[arg(long, env = "DEMO_LISTEN_ADDR", default_value = "127.0.0.1:8082")]
-    pub demo_listen: String,
-    /// Milliseconds before a charge settles at the simulator.
-    #[arg(long, env = "SIM_SETTLE_DELAY_MS", default_value = "1000")]
-    pub settle_delay_ms: String,
-    #[command(flatten)]
-    pub faults: FaultArgs,
-    /// Log format: json or text.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
-}
-
-/// The database `dev` uses unless DATABASE_URL says otherwise.
-pub const DEV_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/moment_mandates_dev";
-
-#[derive(Args, Clone)]
-pub struct DbArgs {
-    /// Postgres URL; the database is created if missing.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_default_value = true, hide_env_values = true)]
-    pub database_url: String,
+/// Pool settings.
+#[derive(Clone)]
+pub struct DbConfig {
+    pub url: SecretString,
     /// Connections in the pool at most.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value = "20")]
-    pub database_max_connections: String,
-    /// Seconds a request waits for a free connection before the service answers 503.
-    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_SECS", default_value = "5")]
-    pub database_acquire_timeout_secs: String,
-}
-
-#[derive(Args, Clone)]
-pub struct ServeArgs {
-    #[command(flatten)]
-    pub db: DbArgs,
-    /// Do not create the database or apply migrations at start.
-    #[arg(long)]
-    pub no_migrate: bool,
-    /// Address to listen on.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
-    pub listen_addr: String,
-    /// Base URL at which customers and Moment reach this service [default: http://LISTEN_ADDR].
-    #[arg(long, env = "PUBLIC_URL")]
-    pub public_url: Option<String>,
-    /// Moment's API base URL.
-    #[arg(
-        long,
-        env = "MOMENT_API_URL",
-        default_value = "https://api.momentpay.net"
-    )]
-    pub moment_api_url: String,
-    /// Moment secret API key (sk_test_… or sk_…). Required.
-    #[arg(long, env = "MOMENT_SECRET_KEY", hide_env_values = true)]
-    pub moment_secret_key: Option<String>,
-    /// Webhook signing secrets (whsec_…), separated by commas or spaces. Required.
-    #[arg(long, env = "MOMENT_WEBHOOK_SECRETS", hide_env_values = true)]
-    pub moment_webhook_secrets: Option<String>,
-    /// Largest accepted distance between a webhook's timestamp and now, in seconds.
-    #[arg(long, env = "MOMENT_WEBHOOK_TOLERANCE_SECS", default_value = "180")]
-    pub moment_webhook_tolerance_secs: String,
-    /// Seconds each call to Moment may take.
-    #[arg(long, env = "MOMENT_TIMEOUT_SECS", default_value = "10")]
-    pub moment_timeout_secs: String,
-    /// Attempts per call to Moment (429, 5xx and timeouts are retried).
-    #[arg(long, env = "MOMENT_MAX_ATTEMPTS", default_value = "3")]
-    pub moment_max_attempts: String,
-    /// Bearer tokens accepted on /mandates and /charges, separated by commas. Required.
-    #[arg(long, env = "API_KEYS", hide_env_values = true)]
-    pub api_keys: Option<String>,
-    /// Where a customer lands after checkout when the mandate named no return_url.
-    #[arg(long, env = "DEFAULT_RETURN_URL")]
-    pub default_return_url: Option<String>,
-    /// Seconds a request may take before it is answered 408 (its work still completes).
-    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value = "60")]
-    pub request_timeout_secs: String,
-    /// Seconds to finish in-flight requests and background work after SIGTERM or Ctrl-C.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value = "30")]
-    pub shutdown_timeout_secs: String,
-    /// Largest request body accepted, in bytes (larger ones get 413).
-    #[arg(long, env = "BODY_LIMIT_BYTES", default_value = "262144")]
-    pub body_limit_bytes: String,
-    /// Seconds between runs of the background worker (resends, deferred events).
-    #[arg(long, env = "WORKER_INTERVAL_SECS", default_value = "5")]
-    pub worker_interval_secs: String,
-    /// Seconds a pending mandate or processing charge may stay quiet before the worker fetches
-    /// its session from Moment.
-    #[arg(long, env = "RECONCILE_AFTER_SECS", default_value = "300")]
-    pub reconcile_after_secs: String,
-    /// Log format: json or text.
-    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
-    pub log_format: String,
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before the service answers 503.
+    pub acquire_timeout: Duration,
 }
 
 /// A setting that stops the process: the variable and what is wrong (never its value when
@@ -222,18 +34,11 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-fn bad(var: &'static str, reason: impl Into<String>) -> ConfigError {
+pub fn bad(var: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         var,
         reason: reason.into(),
     }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Json,
-    Text,
 }
 
 /// Everything `serve` needs, checked.
@@ -259,14 +64,53 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-fn number<T: std::str::FromStr>(var: &'static str, value: &str) -> Result<T, ConfigError> {
+impl Config {
+    /// Settings for a service on this machine (the `dev` command and the tests): Postgres at
+    /// `database_url`, Moment (the simulator or a fake) at `moment_api_url`, listening on
+    /// 127.0.0.1 with `public_url` as its own address. Callers change what they need.
+    pub fn local(
+        database_url: &str,
+        public_url: &str,
+        moment_api_url: &str,
+        moment_secret_key: &str,
+        webhook_secrets: Vec<WebhookSecret>,
+        api_keys: &[&str],
+    ) -> Self {
+        Self {
+            db: DbConfig {
+                url: database_url.into(),
+                max_connections: 10,
+                acquire_timeout: Duration::from_secs(5),
+            },
+            migrate: true,
+            listen_addr: ([127, 0, 0, 1], 0).into(),
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            moment_api_url: moment_api_url.to_owned(),
+            moment_secret_key: moment_secret_key.into(),
+            webhook_secrets,
+            webhook_tolerance: Duration::from_secs(180),
+            moment_timeout: Duration::from_secs(10),
+            moment_max_attempts: 3,
+            api_keys: api_keys.iter().map(|k| SecretString::from(*k)).collect(),
+            default_return_url: None,
+            request_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(10),
+            body_limit: BODY_LIMIT,
+            worker_interval: Duration::from_secs(2),
+            reconcile_after: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+pub fn number<T: std::str::FromStr>(var: &'static str, value: &str) -> Result<T, ConfigError> {
     value
         .trim()
         .parse()
         .map_err(|_| bad(var, format!("{value:?} is not a valid number")))
 }
 
-fn positive_secs(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+pub fn positive_secs(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
     let secs: f64 = number(var, value)?;
     if !(secs > 0.0 && secs.is_finite()) {
         return Err(bad(var, "must be a positive number of seconds"));
@@ -274,7 +118,7 @@ fn positive_secs(var: &'static str, value: &str) -> Result<Duration, ConfigError
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn required(var: &'static str, value: Option<&str>) -> Result<String, ConfigError> {
+pub fn required(var: &'static str, value: Option<&str>) -> Result<String, ConfigError> {
     match value.map(str::trim) {
         Some(v) if !v.is_empty() => Ok(v.to_owned()),
         _ => Err(bad(var, "is required")),
@@ -294,7 +138,8 @@ pub fn http_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
     }
 }
 
-fn log_format(value: &str) -> Result<LogFormat, ConfigError> {
+/// `json` or `text`.
+pub fn log_format(value: &str) -> Result<LogFormat, ConfigError> {
     match value.trim() {
         "json" => Ok(LogFormat::Json),
         "text" => Ok(LogFormat::Text),
@@ -305,14 +150,14 @@ fn log_format(value: &str) -> Result<LogFormat, ConfigError> {
     }
 }
 
-fn socket_addr(var: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+pub fn socket_addr(var: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .trim()
         .parse()
         .map_err(|_| bad(var, format!("{value:?} is not a host:port socket address")))
 }
 
-fn share(var: &'static str, value: &str) -> Result<f64, ConfigError> {
+pub fn share(var: &'static str, value: &str) -> Result<f64, ConfigError> {
     let v: f64 = number(var, value)?;
     if !(0.0..=1.0).contains(&v) {
         return Err(bad(var, "must be between 0 and 1"));
@@ -344,239 +189,6 @@ pub fn duration(var: &'static str, value: &str) -> Result<Duration, ConfigError>
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn millis(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+pub fn millis(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
     Ok(Duration::from_millis(number(var, value)?))
-}
-
-impl FaultArgs {
-    pub fn faults(&self) -> Result<Faults, ConfigError> {
-        let faults = Faults {
-            latency_ms: number("SIM_LATENCY_MS", &self.latency_ms)?,
-            error_rate: share("SIM_ERROR_RATE", &self.error_rate)?,
-            timeout_rate: share("SIM_TIMEOUT_RATE", &self.timeout_rate)?,
-            hang_ms: number("SIM_HANG_MS", &self.hang_ms)?,
-            duplicate_rate: share("SIM_DUPLICATE_RATE", &self.duplicate_rate)?,
-            reorder_window_ms: number("SIM_REORDER_WINDOW_MS", &self.reorder_window_ms)?,
-            hold_webhooks: self.hold_webhooks,
-        };
-        faults.check().map_err(|e| bad("SIM_TIMEOUT_RATE", e))?;
-        Ok(faults)
-    }
-}
-
-impl SimArgs {
-    /// The listen address, the log format and the simulator's settings.
-    pub fn config(&self) -> Result<(SocketAddr, LogFormat, SimConfig), ConfigError> {
-        let listen = socket_addr("SIM_LISTEN_ADDR", &self.listen)?;
-        let secret_key = required("SIM_SECRET_KEY", self.secret_key.as_deref())?;
-        let webhook_secret = WebhookSecret::parse(&required(
-            "SIM_WEBHOOK_SECRET",
-            self.webhook_secret.as_deref(),
-        )?)
-        .map_err(|e| bad("SIM_WEBHOOK_SECRET", e.to_string()))?;
-        let mut config = SimConfig::new(&secret_key, webhook_secret);
-        config.webhook_url = match &self.webhook_url {
-            Some(u) if !u.trim().is_empty() => Some(http_url("SIM_WEBHOOK_URL", u)?),
-            _ => None,
-        };
-        config.public_url = match &self.public_url {
-            Some(u) if !u.trim().is_empty() => Some(http_url("SIM_PUBLIC_URL", u)?),
-            _ => None,
-        };
-        config.settle_delay = millis("SIM_SETTLE_DELAY_MS", &self.settle_delay_ms)?;
-        config.session_expiry =
-            positive_secs("SIM_SESSION_EXPIRY_SECS", &self.session_expiry_secs)?;
-        config.webhook_retry_schedule = self
-            .webhook_retry_schedule
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| duration("SIM_WEBHOOK_RETRY_SCHEDULE", s))
-            .collect::<Result<_, _>>()?;
-        config.webhook_timeout =
-            positive_secs("SIM_WEBHOOK_TIMEOUT_SECS", &self.webhook_timeout_secs)?;
-        config.require_idempotency_key = self.require_idempotency_key;
-        config.faults = self.faults.faults()?;
-        Ok((listen, log_format(&self.log_format)?, config))
-    }
-}
-
-impl DevArgs {
-    pub fn config(&self) -> Result<(LogFormat, DevOptions), ConfigError> {
-        let url = self.database_url.trim();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(bad("DATABASE_URL", "must be a postgres:// URL"));
-        }
-        let mut opts = DevOptions::new(url);
-        opts.listen = socket_addr("LISTEN_ADDR", &self.listen)?;
-        opts.sim_listen = socket_addr("SIM_LISTEN_ADDR", &self.sim_listen)?;
-        opts.demo_listen = socket_addr("DEMO_LISTEN_ADDR", &self.demo_listen)?;
-        opts.settle_delay = millis("SIM_SETTLE_DELAY_MS", &self.settle_delay_ms)?;
-        opts.faults = self.faults.faults()?;
-        Ok((log_format(&self.log_format)?, opts))
-    }
-}
-
-impl DbArgs {
-    pub fn config(&self) -> Result<DbConfig, ConfigError> {
-        let url = self.database_url.trim();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(bad("DATABASE_URL", "must be a postgres:// URL"));
-        }
-        let max_connections: u32 =
-            number("DATABASE_MAX_CONNECTIONS", &self.database_max_connections)?;
-        if max_connections == 0 {
-            return Err(bad("DATABASE_MAX_CONNECTIONS", "must be at least 1"));
-        }
-        Ok(DbConfig {
-            url: url.into(),
-            max_connections,
-            acquire_timeout: positive_secs(
-                "DATABASE_ACQUIRE_TIMEOUT_SECS",
-                &self.database_acquire_timeout_secs,
-            )?,
-        })
-    }
-}
-
-impl ServeArgs {
-    /// Checks every setting; the first bad one is the error.
-    pub fn config(&self) -> Result<Config, ConfigError> {
-        let db = self.db.config()?;
-        let listen_addr = socket_addr("LISTEN_ADDR", &self.listen_addr)?;
-        let public_url = match &self.public_url {
-            Some(u) if !u.trim().is_empty() => http_url("PUBLIC_URL", u)?,
-            _ => format!("http://{listen_addr}"),
-        };
-        let moment_api_url = http_url("MOMENT_API_URL", &self.moment_api_url)?;
-        let moment_secret_key = required("MOMENT_SECRET_KEY", self.moment_secret_key.as_deref())?;
-        let webhook_secrets = required(
-            "MOMENT_WEBHOOK_SECRETS",
-            self.moment_webhook_secrets.as_deref(),
-        )?
-        .split([',', ' '])
-        .filter(|s| !s.is_empty())
-        .map(|s| WebhookSecret::parse(s).map_err(|e| bad("MOMENT_WEBHOOK_SECRETS", e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
-        let tolerance: u64 = number(
-            "MOMENT_WEBHOOK_TOLERANCE_SECS",
-            &self.moment_webhook_tolerance_secs,
-        )?;
-        let api_keys: Vec<SecretString> = required("API_KEYS", self.api_keys.as_deref())?
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(SecretString::from)
-            .collect();
-        if api_keys.is_empty() {
-            return Err(bad("API_KEYS", "is required"));
-        }
-        let default_return_url = match &self.default_return_url {
-            Some(u) if !u.trim().is_empty() => Some(http_url("DEFAULT_RETURN_URL", u)?),
-            _ => None,
-        };
-        let moment_max_attempts: u32 = number("MOMENT_MAX_ATTEMPTS", &self.moment_max_attempts)?;
-        if moment_max_attempts == 0 {
-            return Err(bad("MOMENT_MAX_ATTEMPTS", "must be at least 1"));
-        }
-        let log_format = log_format(&self.log_format)?;
-        let body_limit: usize = number("BODY_LIMIT_BYTES", &self.body_limit_bytes)?;
-        if body_limit < 1024 {
-            return Err(bad("BODY_LIMIT_BYTES", "must be at least 1024"));
-        }
-        Ok(Config {
-            db,
-            migrate: !self.no_migrate,
-            listen_addr,
-            public_url,
-            moment_api_url,
-            moment_secret_key: moment_secret_key.into(),
-            webhook_secrets,
-            webhook_tolerance: Duration::from_secs(tolerance),
-            moment_timeout: positive_secs("MOMENT_TIMEOUT_SECS", &self.moment_timeout_secs)?,
-            moment_max_attempts,
-            api_keys,
-            default_return_url,
-            request_timeout: positive_secs("REQUEST_TIMEOUT_SECS", &self.request_timeout_secs)?,
-            shutdown_timeout: positive_secs("SHUTDOWN_TIMEOUT_SECS", &self.shutdown_timeout_secs)?,
-            body_limit,
-            worker_interval: positive_secs("WORKER_INTERVAL_SECS", &self.worker_interval_secs)?,
-            reconcile_after: positive_secs("RECONCILE_AFTER_SECS", &self.reconcile_after_secs)?,
-            log_format,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(extra: &[&str]) -> ServeArgs {
-        let mut argv = vec!["moment-mandates", "serve"];
-        argv.extend_from_slice(extra);
-        match Cli::try_parse_from(argv).unwrap().command {
-            Command::Serve(a) => *a,
-            _ => unreachable!(),
-        }
-    }
-
-    const OK: &[&str] = &[
-        "--moment-secret-key",
-        "sk_test_x",
-        "--moment-webhook-secrets",
-        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
-        "--api-keys",
-        "k1,k2",
-    ];
-
-    #[test]
-    fn defaults_follow_the_documented_values() {
-        let c = args(OK).config().unwrap();
-        assert_eq!(c.listen_addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.public_url, "http://127.0.0.1:8080");
-        assert_eq!(c.moment_api_url, "https://api.momentpay.net");
-        assert_eq!(c.webhook_secrets.len(), 2);
-        assert_eq!(c.api_keys.len(), 2);
-        assert_eq!(c.webhook_tolerance, Duration::from_secs(180));
-        assert!(c.migrate);
-    }
-
-    #[test]
-    fn bad_settings_name_their_variable_and_hide_secrets() {
-        let cases: &[(&[&str], &str)] = &[
-            (&["--api-keys", "k"], "MOMENT_SECRET_KEY"),
-            (
-                &["--moment-secret-key", "sk", "--api-keys", "k"],
-                "MOMENT_WEBHOOK_SECRETS",
-            ),
-            (
-                &[
-                    "--moment-secret-key",
-                    "sk",
-                    "--moment-webhook-secrets",
-                    "whsec_!!!",
-                    "--api-keys",
-                    "k",
-                ],
-                "MOMENT_WEBHOOK_SECRETS",
-            ),
-            (
-                &[
-                    "--moment-secret-key",
-                    "sk",
-                    "--moment-webhook-secrets",
-                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-                ],
-                "API_KEYS",
-            ),
-        ];
-        for (argv, var) in cases {
-            let err = args(argv).config().err().expect("must fail");
-            assert_eq!(err.var, *var);
-            assert!(!err.to_string().contains("whsec_!!!"));
-        }
-        let mut argv = OK.to_vec();
-        argv.extend(["--listen-addr", "nowhere"]);
-        assert_eq!(args(&argv).config().err().unwrap().var, "LISTEN_ADDR");
-    }
 }

@@ -2,26 +2,17 @@
 //! that a cancelled request cannot cut it short.
 
 use std::future::Future;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
+use crate::config::DbConfig;
+
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!();
-
-/// Pool settings.
-#[derive(Clone)]
-pub struct DbConfig {
-    pub url: SecretString,
-    /// Connections in the pool at most.
-    pub max_connections: u32,
-    /// How long a request waits for a free connection before the service answers 503.
-    pub acquire_timeout: Duration,
-}
 
 /// Creates the database if it is missing, connects, and applies migrations when asked.
 pub async fn connect(config: &DbConfig, migrate: bool) -> anyhow::Result<PgPool> {
@@ -74,19 +65,21 @@ pub async fn migrations_applied(pool: &PgPool) -> sqlx::Result<bool> {
 /// Runs `work` in its own task and waits for it. If the caller is dropped (the client hung
 /// up, a timeout fired), the work still runs to its end: sqlx's `begin()` is not cancel-safe,
 /// and a transaction cut short can swallow later writes on the same connection. The request
-/// id goes along, so calls to Moment made inside carry it.
+/// id and the tracing span go along, so calls to Moment made inside carry the id and what the
+/// work records lands on the request's log line.
 pub async fn detached<F, T>(work: F) -> T
 where
     F: Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
+    use tracing::Instrument as _;
     let request_id = crate::telemetry::request_id();
     let in_flight = crate::metrics::InFlight::start();
     let work = async move {
         let _in_flight = in_flight;
         crate::telemetry::with_request_id(request_id, work).await
     };
-    match tokio::spawn(work).await {
+    match tokio::spawn(work.in_current_span()).await {
         Ok(value) => value,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => panic!("database task cancelled: {e}"),

@@ -26,6 +26,10 @@ pub enum ApiError {
     },
     #[error("the request body must be application/json")]
     UnsupportedMediaType,
+    /// The body is over the limit (bytes); it was not read to its end, so the connection
+    /// closes after the answer.
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
     #[error("a valid API key is required: Authorization: Bearer <key>")]
     Unauthorized,
     #[error("no such {0}")]
@@ -73,6 +77,7 @@ impl ApiError {
             }
             Self::Malformed { .. } => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) | Self::IdempotencyInFlight => StatusCode::CONFLICT,
@@ -91,6 +96,7 @@ impl ApiError {
             Self::Invalid { .. } => "invalid-request",
             Self::Malformed { .. } => "malformed-request",
             Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::PayloadTooLarge(_) => "payload-too-large",
             Self::Unauthorized => "unauthorized",
             Self::NotFound(_) => "not-found",
             Self::Conflict(_) => "conflict",
@@ -175,6 +181,12 @@ impl IntoResponse for ApiError {
         if status == StatusCode::UNAUTHORIZED && matches!(self, Self::Unauthorized) {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(self, Self::PayloadTooLarge(_)) {
+            // The rest of the body was never read: tell a keep-alive client not to reuse this
+            // connection, rather than let its next request meet a closed socket.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()

@@ -1,7 +1,9 @@
 //! moment-mandates: recurring payments through Moment.
 
+pub mod api;
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod dev;
@@ -13,6 +15,7 @@ pub mod moment;
 pub mod openapi;
 pub mod routes;
 pub mod sim;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

@@ -1,19 +1,17 @@
-//! Prometheus metrics: the `metrics` facade, rendered by `metrics-exporter-prometheus` at
-//! `GET /metrics`. Counters and histograms are recorded where things happen; the mandate and
-//! charge counts and the pool figures are read when scraped.
+//! Prometheus metrics, the recording side: the `metrics` facade and its process-wide recorder
+//! (`metrics-exporter-prometheus`). Counters and histograms are recorded where things happen;
+//! `routes::ops` renders them, with the counts read when scraped. A leaf: nothing here knows
+//! the application state.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use metrics::{counter, gauge, histogram};
+use axum::response::Response;
+use metrics::{counter, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::app::AppState;
 
 /// Seconds: from 1 ms to 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -33,6 +31,11 @@ impl InFlight {
         DB_WORK_IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         Self(())
     }
+}
+
+/// Units of database work in flight now.
+pub fn db_work_in_flight() -> i64 {
+    DB_WORK_IN_FLIGHT.load(Ordering::Relaxed)
 }
 
 impl Drop for InFlight {
@@ -94,65 +97,4 @@ pub fn moment_call(operation: &'static str, status: String, started: Instant) {
     let labels = [("operation", operation.to_owned()), ("status", status)];
     counter!("moment_requests_total", &labels).increment(1);
     histogram!("moment_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
-}
-
-async fn status_counts(state: &AppState, table: &'static str) -> sqlx::Result<Vec<(String, i64)>> {
-    // `table` is one of two constants, never input.
-    sqlx::query_as(&format!(
-        "select status::text, count(*) from {table} group by status"
-    ))
-    .fetch_all(&state.db)
-    .await
-}
-
-/// `GET /metrics`: Prometheus text.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
-pub async fn render(State(state): State<AppState>) -> Response {
-    let pool = &state.db;
-    let size = i64::from(pool.size());
-    let idle = pool.num_idle() as i64;
-    let in_use = size - idle;
-    gauge!("db_pool_connections", "state" => "in_use").set(in_use as f64);
-    gauge!("db_pool_connections", "state" => "idle").set(idle as f64);
-    gauge!("db_pool_max_connections").set(f64::from(pool.options().get_max_connections()));
-    let waiting = (DB_WORK_IN_FLIGHT.load(Ordering::Relaxed) - in_use).max(0);
-    gauge!("db_pool_waiting").set(waiting as f64);
-    let st = state.clone();
-    let counts = crate::db::detached(async move {
-        Ok::<_, sqlx::Error>((
-            status_counts(&st, "mandate").await?,
-            status_counts(&st, "charge").await?,
-        ))
-    })
-    .await;
-    match counts {
-        Ok((mandates, charges)) => {
-            let mandate_statuses = crate::domain::MandateStatus::ALL.iter().map(|s| s.as_str());
-            let charge_statuses = crate::domain::ChargeStatus::ALL.iter().map(|s| s.as_str());
-            for (name, rows, statuses) in [
-                ("mandates", mandates, mandate_statuses.collect::<Vec<_>>()),
-                ("charges", charges, charge_statuses.collect()),
-            ] {
-                for status in statuses {
-                    let n = rows
-                        .iter()
-                        .find(|(s, _)| s == status)
-                        .map_or(0, |(_, n)| *n);
-                    gauge!(name, "status" => status).set(n as f64);
-                }
-            }
-            gauge!("metrics_database_up").set(1.0);
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics: cannot count mandates and charges");
-            gauge!("metrics_database_up").set(0.0);
-        }
-    }
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle().render(),
-    )
-        .into_response()
 }

@@ -11,7 +11,14 @@ use axum::response::Response;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object a line, for log collectors.
+    Json,
+    /// Human-readable lines, for a terminal.
+    Text,
+}
 
 /// Default filter when `RUST_LOG` is unset.
 pub const DEFAULT_FILTER: &str = "moment_mandates=info,tower_http=info";

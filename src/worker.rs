@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::app::AppState;
 use crate::db;
+use crate::state::AppState;
 use crate::store::{charges, mandates};
 use crate::workflow::{charges as charge_flow, events, lease_secs};
 

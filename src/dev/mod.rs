@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, LogFormat};
-use crate::db::{self, DbConfig};
+use crate::config::{Config, DbConfig};
+use crate::db;
 use crate::moment::signature::WebhookSecret;
 use crate::sim::{self, Faults, Sim, SimConfig};
 
@@ -134,30 +134,24 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<Dev> {
     sim_config.faults = opts.faults.clone();
     let sim = sim::spawn(sim_config, sim_listener, stopped(rx.clone()))?;
 
-    let config = Config {
-        db: DbConfig {
-            max_connections: opts.db_max_connections,
-            acquire_timeout: opts.db_acquire_timeout,
-            ..db_config
-        },
-        migrate: false,
-        listen_addr: opts.listen,
-        public_url: service_url.clone(),
-        moment_api_url: sim.url.clone(),
-        moment_secret_key: moment_secret_key.clone().into(),
-        webhook_secrets: vec![WebhookSecret::parse(&webhook_secret)?],
-        webhook_tolerance: Duration::from_secs(180),
-        moment_timeout: opts.moment_timeout,
-        moment_max_attempts: opts.moment_max_attempts,
-        api_keys: vec![api_key.clone().into()],
-        default_return_url: Some(format!("{demo_url}/return")),
-        request_timeout: Duration::from_secs(60),
-        shutdown_timeout: Duration::from_secs(10),
-        body_limit: crate::app::BODY_LIMIT,
-        worker_interval: opts.worker_interval,
-        reconcile_after: opts.reconcile_after,
-        log_format: LogFormat::Text,
-    };
+    let mut config = Config::local(
+        &opts.database_url,
+        &service_url,
+        &sim.url,
+        &moment_secret_key,
+        vec![WebhookSecret::parse(&webhook_secret)?],
+        &[&api_key],
+    );
+    config.db.max_connections = opts.db_max_connections;
+    config.db.acquire_timeout = opts.db_acquire_timeout;
+    // `start` migrated the database above.
+    config.migrate = false;
+    config.listen_addr = opts.listen;
+    config.moment_timeout = opts.moment_timeout;
+    config.moment_max_attempts = opts.moment_max_attempts;
+    config.default_return_url = Some(format!("{demo_url}/return"));
+    config.worker_interval = opts.worker_interval;
+    config.reconcile_after = opts.reconcile_after;
     let service = tokio::spawn(crate::app::run(
         config,
         service_listener,

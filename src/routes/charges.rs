@@ -13,11 +13,10 @@ use super::{
     ApiJson, List, MerchantErrors, Page, bad_query, check_currency, check_metadata,
     check_reference, idempotency_key, parse_id, request_hash,
 };
-use crate::app::AppState;
-use crate::db::detached;
-use crate::domain::Charge;
+use crate::api::ChargeResponse;
 use crate::domain::ChargeStatus;
 use crate::error::{ApiError, Problem};
+use crate::state::AppState;
 use crate::store::charges as store;
 use crate::workflow::charges::{self as flow, ChargeRequest};
 
@@ -74,9 +73,9 @@ impl CreateCharge {
     request_body = CreateCharge,
     params(("Idempotency-Key" = String, Header, description = "Required: one key per charge; a retry with the same key and body never charges twice")),
     responses(
-        (status = 201, description = "Moment has the charge: `processing`, then `succeeded` or `failed` by webhook", body = Charge,
+        (status = 201, description = "Moment has the charge: `processing`, then `succeeded` or `failed` by webhook", body = ChargeResponse,
          headers(("Location" = String), ("Idempotent-Replayed" = String, description = "`true` on a replay"))),
-        (status = 202, description = "Moment's answer is not known yet: `pending`, resent in the background under the same Moment key", body = Charge),
+        (status = 202, description = "Moment's answer is not known yet: `pending`, resent in the background under the same Moment key", body = ChargeResponse),
         MerchantErrors,
         (status = 404, description = "No such mandate", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The mandate is not active, or a request with this key is still in progress", body = Problem, content_type = "application/problem+json"),
@@ -94,8 +93,7 @@ pub async fn create(
         .ok_or_else(|| ApiError::malformed("Idempotency-Key", "this header is required"))?;
     let hash = request_hash(&body);
     let req = body.check()?;
-    let st = state.clone();
-    let answer = detached(async move { flow::create(&st, req, key, hash).await }).await?;
+    let answer = flow::create(&state, req, key, hash).await?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::CREATED);
     let location = answer.body["id"]
         .as_str()
@@ -114,7 +112,7 @@ pub async fn create(
     get, path = "/charges/{id}", tag = "charges", security(("api_key" = [])),
     params(("id" = Uuid, Path, description = "Charge id")),
     responses(
-        (status = 200, description = "The charge", body = Charge),
+        (status = 200, description = "The charge", body = ChargeResponse),
         MerchantErrors,
         (status = 404, description = "No such charge", body = Problem, content_type = "application/problem+json"),
     )
@@ -122,11 +120,11 @@ pub async fn create(
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Charge>, ApiError> {
+) -> Result<Json<ChargeResponse>, ApiError> {
     let id = parse_id(&id, "charge")?;
-    let db = state.db.clone();
-    let charge = detached(async move { store::by_id(&db, id).await }).await?;
-    Ok(Json(charge.ok_or(ApiError::NotFound("charge"))?))
+    let charge = store::by_id(&state.db, id).await?;
+    let charge = charge.ok_or(ApiError::NotFound("charge"))?;
+    Ok(Json(ChargeResponse::from(&charge)))
 }
 
 /// `GET /charges` filters.
@@ -148,14 +146,14 @@ pub struct ListQuery {
         Page,
     ),
     responses(
-        (status = 200, description = "A page of charges", body = List<Charge>),
+        (status = 200, description = "A page of charges", body = List<ChargeResponse>),
         MerchantErrors,
     )
 )]
 pub async fn list(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<List<Charge>>, ApiError> {
+) -> Result<Json<List<ChargeResponse>>, ApiError> {
     let Query(q) = query.map_err(bad_query)?;
     let (limit, before) = q.page.parse()?;
     let mandate_id = match q.mandate_id.as_deref() {
@@ -178,7 +176,7 @@ pub async fn list(
         before,
         limit,
     };
-    let db = state.db.clone();
-    let rows = detached(async move { store::list(&db, &filter).await }).await?;
+    let rows = store::list(&state.db, &filter).await?;
+    let rows = rows.iter().map(ChargeResponse::from).collect();
     Ok(Json(List::new(rows, limit, |c| c.id)))
 }

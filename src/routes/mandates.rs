@@ -13,10 +13,10 @@ use super::{
     ApiJson, List, MerchantErrors, Page, bad_query, check_currency, check_metadata,
     check_reference, idempotency_key, parse_id, request_hash,
 };
-use crate::app::AppState;
-use crate::db::detached;
-use crate::domain::{Mandate, MandateStatus};
+use crate::api::MandateResponse;
+use crate::domain::MandateStatus;
 use crate::error::{ApiError, Problem};
+use crate::state::AppState;
 use crate::store::mandates as store;
 use crate::workflow::mandates::{self as flow, MandateRequest};
 
@@ -125,9 +125,9 @@ fn wants_json(headers: &HeaderMap) -> bool {
         ("Accept" = Option<String>, Header, description = "`application/json` for a 201 with the mandate instead of the 303 redirect"),
     ),
     responses(
-        (status = 303, description = "Redirect to Moment's checkout; the body is the mandate", body = Mandate,
+        (status = 303, description = "Redirect to Moment's checkout; the body is the mandate", body = MandateResponse,
          headers(("Location" = String, description = "The checkout URL"))),
-        (status = 201, description = "The mandate, pending, with its checkout_url (Accept: application/json)", body = Mandate,
+        (status = 201, description = "The mandate, pending, with its checkout_url (Accept: application/json)", body = MandateResponse,
          headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
         MerchantErrors,
         (status = 409, description = "A request with this Idempotency-Key is still in progress", body = Problem, content_type = "application/problem+json"),
@@ -144,8 +144,7 @@ pub async fn create(
     let key = idempotency_key(&headers)?;
     let hash = request_hash(&body);
     let req = body.check()?;
-    let st = state.clone();
-    let out = detached(async move { flow::create(&st, req, key, hash).await }).await?;
+    let out = flow::create(&state, req, key, hash).await?;
     let mandate = out.mandate;
     if mandate.status == MandateStatus::Failed {
         let reason = mandate
@@ -161,7 +160,7 @@ pub async fn create(
         (
             StatusCode::CREATED,
             [(header::LOCATION, location)],
-            Json(&mandate),
+            Json(MandateResponse::from(&mandate)),
         )
             .into_response()
     } else {
@@ -169,7 +168,7 @@ pub async fn create(
             .checkout_url
             .as_deref()
             .ok_or(ApiError::MomentUnavailable)?;
-        let mut resp = Json(&mandate).into_response();
+        let mut resp = Json(MandateResponse::from(&mandate)).into_response();
         *resp.status_mut() = StatusCode::SEE_OTHER;
         let location = HeaderValue::try_from(checkout).map_err(|e| ApiError::Internal(e.into()))?;
         resp.headers_mut().insert(header::LOCATION, location);
@@ -187,7 +186,7 @@ pub async fn create(
     get, path = "/mandates/{id}", tag = "mandates", security(("api_key" = [])),
     params(("id" = Uuid, Path, description = "Mandate id")),
     responses(
-        (status = 200, description = "The mandate", body = Mandate),
+        (status = 200, description = "The mandate", body = MandateResponse),
         MerchantErrors,
         (status = 404, description = "No such mandate", body = Problem, content_type = "application/problem+json"),
     )
@@ -195,11 +194,11 @@ pub async fn create(
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Mandate>, ApiError> {
+) -> Result<Json<MandateResponse>, ApiError> {
     let id = parse_id(&id, "mandate")?;
-    let db = state.db.clone();
-    let mandate = detached(async move { store::by_id(&db, id).await }).await?;
-    Ok(Json(mandate.ok_or(ApiError::NotFound("mandate"))?))
+    let mandate = store::by_id(&state.db, id).await?;
+    let mandate = mandate.ok_or(ApiError::NotFound("mandate"))?;
+    Ok(Json(MandateResponse::from(&mandate)))
 }
 
 /// `GET /mandates` filters.
@@ -223,14 +222,14 @@ pub struct ListQuery {
         Page,
     ),
     responses(
-        (status = 200, description = "A page of mandates", body = List<Mandate>),
+        (status = 200, description = "A page of mandates", body = List<MandateResponse>),
         MerchantErrors,
     )
 )]
 pub async fn list(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<List<Mandate>>, ApiError> {
+) -> Result<Json<List<MandateResponse>>, ApiError> {
     let Query(q) = query.map_err(bad_query)?;
     let (limit, before) = q.page.parse()?;
     let status = match q.status.as_deref() {
@@ -247,8 +246,8 @@ pub async fn list(
         before,
         limit,
     };
-    let db = state.db.clone();
-    let rows = detached(async move { store::list(&db, &filter).await }).await?;
+    let rows = store::list(&state.db, &filter).await?;
+    let rows = rows.iter().map(MandateResponse::from).collect();
     Ok(Json(List::new(rows, limit, |m| m.id)))
 }
 
@@ -258,7 +257,7 @@ pub async fn list(
     post, path = "/mandates/{id}/revoke", tag = "mandates", security(("api_key" = [])),
     params(("id" = Uuid, Path, description = "Mandate id")),
     responses(
-        (status = 200, description = "The revoked mandate", body = Mandate),
+        (status = 200, description = "The revoked mandate", body = MandateResponse),
         MerchantErrors,
         (status = 404, description = "No such mandate", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The mandate is not active", body = Problem, content_type = "application/problem+json"),
@@ -267,23 +266,18 @@ pub async fn list(
 pub async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Mandate>, ApiError> {
+) -> Result<Json<MandateResponse>, ApiError> {
     let id = parse_id(&id, "mandate")?;
-    let db = state.db.clone();
-    let (revoked, current) = detached(async move {
-        let revoked = store::revoke(&db, id).await?;
-        let current = if revoked.is_none() {
-            store::by_id(&db, id).await?
-        } else {
-            None
-        };
-        Ok::<_, sqlx::Error>((revoked, current))
-    })
-    .await?;
+    let revoked = store::revoke(&state.db, id).await?;
+    let current = if revoked.is_none() {
+        store::by_id(&state.db, id).await?
+    } else {
+        None
+    };
     match (revoked, current) {
         (Some(m), _) => {
             tracing::info!(mandate_id = %m.id, "mandate revoked");
-            Ok(Json(m))
+            Ok(Json(MandateResponse::from(&m)))
         }
         (None, Some(m)) => Err(ApiError::Conflict(format!(
             "only an active mandate can be revoked; this one is {}",
@@ -312,8 +306,7 @@ pub async fn customer_return(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "mandate")?;
-    let st = state.clone();
-    let mandate = detached(async move { flow::refresh(&st, id).await }).await?;
+    let mandate = flow::refresh(&state, id).await?;
     let target = mandate
         .return_url
         .clone()

@@ -1,8 +1,8 @@
 //! HTTP handlers, and the request parsing and checks they share.
 
 pub mod charges;
-pub mod health;
 pub mod mandates;
+pub mod ops;
 pub mod webhooks;
 
 use std::collections::BTreeMap;

@@ -6,12 +6,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 
-use crate::app::AppState;
-use crate::db::detached;
 use crate::error::{ApiError, Problem};
 use crate::metrics;
 use crate::moment::signature::{SignatureError, SignedHeaders};
 use crate::moment::wire::Event;
+use crate::state::AppState;
 use crate::workflow::events::{self, Receipt};
 
 fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
@@ -91,15 +90,10 @@ async fn verify_and_store(
         kind: "unreadable".into(),
         data: serde_json::Value::Null,
     });
-    let db = state.db.clone();
-    let receipt = detached(async move {
-        events::receive(&db, &webhook_id, &payload, &event)
-            .await
-            .map(|r| (r, event.kind, webhook_id))
-    })
-    .await
-    .map_err(ApiError::DatabaseUnavailable)?;
-    let (receipt, kind, webhook_id) = receipt;
+    let receipt = events::receive(&state.db, &webhook_id, &payload, &event)
+        .await
+        .map_err(ApiError::DatabaseUnavailable)?;
+    let kind = event.kind;
     let outcome = match receipt {
         Receipt::Duplicate => "duplicate",
         Receipt::Stored(outcome) => outcome.as_str(),

@@ -127,14 +127,15 @@ pub async fn record_session(
     id: Uuid,
     session: &Session,
 ) -> sqlx::Result<Recorded<Charge>> {
-    sqlx::query_as(concat!(
+    sqlx::query_as(
         "update charge set session_id = $2, payment_id = coalesce(payment_id, $3),
                 status = case when status = 'pending' then 'processing' else status end,
                 attempts = attempts + 1, locked_until = null, next_attempt_at = null, updated_at = now()
          where id = $1
-         returning *",
-        crate::store::webhook_waiting!()
-    ))
+         returning *,
+                exists (select 1 from webhook_event
+                        where session_id = $2 and outcome = 'deferred') as webhook_waiting",
+    )
     .bind(id)
     .bind(&session.id)
     .bind(&session.payment_id)
@@ -195,33 +196,32 @@ pub async fn store_response(
     Ok(())
 }
 
-/// The forward-only update of a charge transition, parameters `$1`–`$6` as bound by
-/// [`bind_transition`]; shared with the webhook statement in `store::webhook_events`.
-macro_rules! apply_update {
-    () => {
-        concat!(
-            "update charge set status = $3, session_id = coalesce(session_id, $2),
+/// The forward-only update of a charge transition, `$1`–`$6` as bound by
+/// [`bind_transition`]; the record is found as in `mandates::APPLY_UPDATE`, and it moves to
+/// `$3` only from one of `$6`. The webhook statement (`store::webhook_events::CHARGE_WEBHOOK`)
+/// runs the very same update.
+pub const APPLY_UPDATE: &str = "update charge set status = $3, session_id = coalesce(session_id, $2),
                 payment_id = coalesce($4, payment_id), failure = coalesce($5, failure),
                 next_attempt_at = null, updated_at = now()
-         where ",
-            crate::store::transition_target!("charge"),
-            " and status = any($6)"
-        )
-    };
-}
-pub(crate) use apply_update;
+         where id = coalesce($1, (select id from charge where session_id = $2)) and status = any($6)";
 
 /// Applies a session's transition to the charge it belongs to; see `mandates::apply`.
 pub async fn apply(
     conn: impl PgExecutor<'_>,
     t: &Transition<ChargeStatus>,
 ) -> sqlx::Result<Option<Charge>> {
-    bind_transition(sqlx::query_as(concat!(apply_update!(), " returning *")), t)
+    let sql = "update charge set status = $3, session_id = coalesce(session_id, $2),
+                payment_id = coalesce($4, payment_id), failure = coalesce($5, failure),
+                next_attempt_at = null, updated_at = now()
+         where id = coalesce($1, (select id from charge where session_id = $2)) and status = any($6)
+         returning *";
+    debug_assert!(sql.starts_with(APPLY_UPDATE));
+    bind_transition(sqlx::query_as(sql), t)
         .fetch_optional(conn)
         .await
 }
 
-/// Binds `$1`–`$6` of [`apply_update`].
+/// Binds `$1`–`$6` of [`APPLY_UPDATE`].
 pub(crate) fn bind_transition<'q, O>(
     q: QueryAs<'q, Postgres, O, PgArguments>,
     t: &'q Transition<ChargeStatus>,
@@ -240,11 +240,9 @@ pub async fn exists_for(
     conn: impl PgExecutor<'_>,
     t: &Transition<ChargeStatus>,
 ) -> sqlx::Result<bool> {
-    sqlx::query_scalar(concat!(
-        "select exists (select 1 from charge where ",
-        crate::store::transition_target!("charge"),
-        ")"
-    ))
+    sqlx::query_scalar(
+        "select exists (select 1 from charge where id = coalesce($1, (select id from charge where session_id = $2)))",
+    )
     .bind(t.external_reference)
     .bind(&t.session_id)
     .fetch_one(conn)
@@ -299,4 +297,11 @@ pub async fn claim_quiet(
     .bind(quiet_secs)
     .fetch_all(conn)
     .await
+}
+
+/// How many charges are in each status (statuses with none are left out).
+pub async fn count_by_status(conn: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as("select status::text, count(*) from charge group by status")
+        .fetch_all(conn)
+        .await
 }

@@ -97,13 +97,14 @@ pub async fn record_session(
     id: Uuid,
     session: &Session,
 ) -> sqlx::Result<Recorded<Mandate>> {
-    sqlx::query_as(concat!(
+    sqlx::query_as(
         "update mandate set session_id = $2, checkout_url = $3,
                 customer_id = coalesce(customer_id, $4), locked_until = null, updated_at = now()
          where id = $1
-         returning *",
-        crate::store::webhook_waiting!()
-    ))
+         returning *,
+                exists (select 1 from webhook_event
+                        where session_id = $2 and outcome = 'deferred') as webhook_waiting",
+    )
     .bind(id)
     .bind(&session.id)
     .bind(&session.session_url)
@@ -138,22 +139,16 @@ pub async fn fail(
     .await
 }
 
-/// The forward-only update of a mandate transition, parameters `$1`–`$8` as bound by
-/// [`bind_transition`]; shared with the webhook statement in `store::webhook_events`.
-macro_rules! apply_update {
-    () => {
-        concat!(
-            "update mandate set status = $3, session_id = coalesce(session_id, $2),
+/// The forward-only update of a mandate transition, `$1`–`$8` as bound by
+/// [`bind_transition`]: the record is ours by id when Moment echoed it as `external_reference`
+/// (`$1`), otherwise the one holding the session (`$2`), and it moves to `$3` only from one
+/// of `$8`, so a late or replayed older snapshot never takes it back. The webhook statement
+/// (`store::webhook_events::MANDATE_WEBHOOK`) runs the very same update.
+pub const APPLY_UPDATE: &str = "update mandate set status = $3, session_id = coalesce(session_id, $2),
                 customer_id = coalesce($4, customer_id), payment_method_id = coalesce($5, payment_method_id),
                 payment_id = coalesce($6, payment_id), failure = coalesce($7, failure),
                 locked_until = null, updated_at = now()
-         where ",
-            crate::store::transition_target!("mandate"),
-            " and status = any($8)"
-        )
-    };
-}
-pub(crate) use apply_update;
+         where id = coalesce($1, (select id from mandate where session_id = $2)) and status = any($8)";
 
 /// Applies a session's transition to the mandate it belongs to. Returns the mandate when the
 /// transition moved it; `Ok(None)` when it did not move (already further along, or unknown).
@@ -161,12 +156,19 @@ pub async fn apply(
     conn: impl PgExecutor<'_>,
     t: &Transition<MandateStatus>,
 ) -> sqlx::Result<Option<Mandate>> {
-    bind_transition(sqlx::query_as(concat!(apply_update!(), " returning *")), t)
+    let sql = "update mandate set status = $3, session_id = coalesce(session_id, $2),
+                customer_id = coalesce($4, customer_id), payment_method_id = coalesce($5, payment_method_id),
+                payment_id = coalesce($6, payment_id), failure = coalesce($7, failure),
+                locked_until = null, updated_at = now()
+         where id = coalesce($1, (select id from mandate where session_id = $2)) and status = any($8)
+         returning *";
+    debug_assert!(sql.starts_with(APPLY_UPDATE));
+    bind_transition(sqlx::query_as(sql), t)
         .fetch_optional(conn)
         .await
 }
 
-/// Binds `$1`–`$8` of [`apply_update`].
+/// Binds `$1`–`$8` of [`APPLY_UPDATE`].
 pub(crate) fn bind_transition<'q, O>(
     q: QueryAs<'q, Postgres, O, PgArguments>,
     t: &'q Transition<MandateStatus>,
@@ -187,11 +189,9 @@ pub async fn exists_for(
     conn: impl PgExecutor<'_>,
     t: &Transition<MandateStatus>,
 ) -> sqlx::Result<bool> {
-    sqlx::query_scalar(concat!(
-        "select exists (select 1 from mandate where ",
-        crate::store::transition_target!("mandate"),
-        ")"
-    ))
+    sqlx::query_scalar(
+        "select exists (select 1 from mandate where id = coalesce($1, (select id from mandate where session_id = $2)))",
+    )
     .bind(t.external_reference)
     .bind(&t.session_id)
     .fetch_one(conn)
@@ -280,4 +280,11 @@ pub async fn expire_sessionless(conn: impl PgExecutor<'_>, after_secs: f64) -> s
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// How many mandates are in each status (statuses with none are left out).
+pub async fn count_by_status(conn: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as("select status::text, count(*) from mandate group by status")
+        .fetch_all(conn)
+        .await
 }

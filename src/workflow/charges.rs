@@ -6,11 +6,12 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{events, lease_secs, refusal};
-use crate::app::AppState;
+use crate::api::ChargeResponse;
 use crate::domain::{Charge, ChargeStatus, MandateStatus};
 use crate::error::ApiError;
 use crate::moment::MomentError;
 use crate::moment::wire::{CreateSessionRequest, SessionOptions, SessionType};
+use crate::state::AppState;
 use crate::store::charges::{self, NewCharge};
 use crate::store::mandates;
 
@@ -120,7 +121,7 @@ async fn resume(state: &AppState, existing: Charge, hash: &str) -> Result<Answer
 
 async fn answer(state: &AppState, charge: &Charge, replayed: bool) -> Result<Answer, ApiError> {
     let status = charge.http_status();
-    let body = serde_json::to_value(charge).map_err(anyhow::Error::from)?;
+    let body = serde_json::to_value(ChargeResponse::from(charge)).map_err(anyhow::Error::from)?;
     charges::store_response(&state.db, charge.id, status, &body).await?;
     Ok(Answer {
         status,

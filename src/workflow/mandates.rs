@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::{events, lease_secs, refusal};
-use crate::app::AppState;
 use crate::domain::{Mandate, MandateStatus};
 use crate::error::ApiError;
 use crate::moment::MomentError;
 use crate::moment::wire::{
     CheckoutOptions, CreateSessionRequest, NewCustomer, SessionOptions, SessionType,
 };
+use crate::state::AppState;
 use crate::store::mandates::{self, NewMandate};
 
 /// A validated `POST /mandates`.

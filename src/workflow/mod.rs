@@ -1,6 +1,7 @@
 //! The flows of the recurring-payments guide, shared by the HTTP handlers and the background
 //! worker: record first, then talk to Moment with no transaction open, then record the answer.
-//! Callers run these inside `db::detached`, so a dropped request never cuts one short.
+//! Requests run these in a task of their own (`app::router`'s `detach` layer, the worker's
+//! `db::detached`), so a dropped request never cuts one short.
 
 pub mod charges;
 pub mod events;
@@ -8,8 +9,8 @@ pub mod mandates;
 
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::moment::wire::Problem;
+use crate::state::AppState;
 
 /// How long whoever talks to Moment about a record holds it (seconds): twice the longest
 /// call with all its attempts, so a live holder never loses it, and after a crash the record

@@ -6,7 +6,7 @@ use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{
+use crate::support::app::{
     TestApp, completed_next_in_series, mandate_body, moment_fails, moment_refuses_charges,
 };
 
@@ -167,7 +167,7 @@ async fn twenty_concurrent_requests_under_one_key_make_one_moment_call() {
     // Moment is slow, so the requests overlap the first one's call.
     Mock::given(method("POST"))
         .and(path("/collect/payment_sessions"))
-        .respond_with(crate::helpers::SessionResponderSlow)
+        .respond_with(crate::support::app::SessionResponderSlow)
         .with_priority(1)
         .mount(&app.moment)
         .await;

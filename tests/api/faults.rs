@@ -4,31 +4,21 @@
 //! webhook stored once, every record in its final state.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use moment_mandates::moment::signature::WebhookSecret;
-use moment_mandates::sim::{self, DeliveryState, Faults, Sim, SimConfig};
+use moment_mandates::sim::{DeliveryState, Faults, Sim};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::flow::start_stack;
-use crate::helpers::{API_KEY, WEBHOOK_SECRET, now_secs};
-use crate::proxy::Proxy;
-use crate::server::serve;
-use crate::sim_api::read;
-use crate::testdb::{DEFAULT_ADMIN_URL, TestDb};
+use crate::support::app::{API_KEY, WEBHOOK_SECRET, now_secs};
+use crate::support::db::{DEFAULT_ADMIN_URL, TestDb};
+use crate::support::process::{serve, spawn_service, wait_ready, within};
+use crate::support::proxy::Proxy;
+use crate::support::sim::{read, spawn_sim};
+use crate::support::stack::start_stack;
 
 const CARD: &str = "4242424242424242";
-
-/// Waits up to `secs` for `check`.
-async fn within(secs: u64, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn count(db: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(db).await.unwrap()
@@ -225,56 +215,6 @@ async fn postgres_going_away_mid_stream_costs_503s_and_nothing_else() {
     );
 }
 
-/// The real binary under `serve`, configured through its environment.
-fn spawn_service(db_url: &str, port: u16, sim_url: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_moment-mandates"))
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", db_url)
-        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("MOMENT_API_URL", sim_url)
-        .env("MOMENT_SECRET_KEY", "sk_test_secret")
-        .env("MOMENT_WEBHOOK_SECRETS", WEBHOOK_SECRET)
-        .env("API_KEYS", API_KEY)
-        .env("MOMENT_TIMEOUT_SECS", "1")
-        .env("WORKER_INTERVAL_SECS", "0.5")
-        .env("RECONCILE_AFTER_SECS", "3")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts")
-}
-
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    within(30, "the service to be ready", async || {
-        http.get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-}
-
-async fn start_sim(webhook_url: Option<String>, faults: Faults) -> sim::SimHandle {
-    let mut config = SimConfig::new(
-        "sk_test_secret",
-        WebhookSecret::parse(WEBHOOK_SECRET).unwrap(),
-    );
-    config.webhook_url = webhook_url;
-    config.settle_delay = Duration::from_millis(200);
-    config.webhook_retry_schedule = [200, 500, 1000, 2000, 4000]
-        .into_iter()
-        .map(Duration::from_millis)
-        .collect();
-    config.webhook_timeout = Duration::from_secs(2);
-    config.faults = faults;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    sim::spawn(config, listener, std::future::pending()).unwrap()
-}
-
 async fn create_mandate(http: &reqwest::Client, base: &str, key: &str) -> Value {
     let r = http
         .post(format!("{base}/mandates"))
@@ -300,7 +240,7 @@ async fn a_service_killed_mid_stream_loses_nothing_and_charges_nothing_twice() {
         .unwrap()
         .port();
     let base = format!("http://127.0.0.1:{port}");
-    let sim = start_sim(
+    let sim = spawn_sim(
         Some(format!("{base}/webhooks/moment")),
         Faults {
             latency_ms: 150,
@@ -444,7 +384,7 @@ async fn deliver_everywhere(
 async fn three_replicas_taking_the_same_traffic_have_exactly_once_effects() {
     let db = TestDb::new().await;
     // Moment records its webhooks here; the test delivers each to all three replicas at once.
-    let sim = start_sim(
+    let sim = spawn_sim(
         None,
         Faults {
             latency_ms: 50,
@@ -781,7 +721,7 @@ async fn a_body_that_never_finishes_is_cut_off_with_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let db = TestDb::new().await;
-    let mut config = crate::helpers::test_config(&db.url, "http://127.0.0.1:9");
+    let mut config = crate::support::app::test_config(&db.url, "http://127.0.0.1:9");
     config.request_timeout = Duration::from_secs(1);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use futures::future::join_all;
 use serde_json::json;
 
-use crate::helpers::{PUBLIC_URL, TestApp, mandate_body, moment_fails, moment_get_hangs};
+use crate::support::app::{PUBLIC_URL, TestApp, mandate_body, moment_fails, moment_get_hangs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mandate_sends_the_customer_to_moments_checkout() {
@@ -195,7 +195,7 @@ async fn invalid_mandate_requests_get_a_problem_naming_the_field_and_change_noth
             axum::http::Request::post("/mandates")
                 .header(
                     "authorization",
-                    format!("Bearer {}", crate::helpers::API_KEY),
+                    format!("Bearer {}", crate::support::app::API_KEY),
                 )
                 .header("content-type", "text/plain")
                 .body(axum::body::Body::from("amount=5"))
@@ -208,7 +208,7 @@ async fn invalid_mandate_requests_get_a_problem_naming_the_field_and_change_noth
             axum::http::Request::post("/mandates")
                 .header(
                     "authorization",
-                    format!("Bearer {}", crate::helpers::API_KEY),
+                    format!("Bearer {}", crate::support::app::API_KEY),
                 )
                 .header("content-type", "application/json")
                 .body(axum::body::Body::from("{\"amount\": "))
@@ -283,7 +283,7 @@ async fn a_return_after_payment_activates_the_mandate_before_any_webhook() {
     body.as_object_mut().unwrap().remove("return_url");
     let mandate = app.create_mandate(&body).await;
     let id = mandate["id"].as_str().unwrap();
-    app.moment_serves_session(&crate::helpers::completed_first_in_series(&mandate))
+    app.moment_serves_session(&crate::support::app::completed_first_in_series(&mandate))
         .await;
 
     let reply = app

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use axum::body::Body;
 use axum::http::Request;
-use moment_mandates::domain::{Charge, Mandate};
+use moment_mandates::api::{ChargeResponse, MandateResponse};
 use moment_mandates::error::Problem;
 use moment_mandates::routes::charges::CreateCharge;
 use moment_mandates::routes::mandates::CreateMandate;
@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::helpers::TestApp;
+use crate::support::app::TestApp;
 
 /// Every operation the service offers, as the README lists them.
 const OPERATIONS: &[(&str, &str)] = &[
@@ -73,7 +73,7 @@ async fn every_route_is_documented_and_every_documented_route_is_served() {
             .uri(&uri)
             .header(
                 "authorization",
-                format!("Bearer {}", crate::helpers::API_KEY),
+                format!("Bearer {}", crate::support::app::API_KEY),
             )
             .header("content-type", "application/json")
             .body(Body::from("{}"))
@@ -190,8 +190,8 @@ async fn the_examples_deserialize_into_the_real_types() {
     };
     round_trips::<CreateMandate>("CreateMandate", &example("CreateMandate"));
     round_trips::<CreateCharge>("CreateCharge", &example("CreateCharge"));
-    round_trips::<Mandate>("Mandate", &example("Mandate"));
-    round_trips::<Charge>("Charge", &example("Charge"));
+    round_trips::<MandateResponse>("Mandate", &example("Mandate"));
+    round_trips::<ChargeResponse>("Charge", &example("Charge"));
     round_trips::<Problem>("Problem", &example("Problem"));
 
     // The webhook example is an event our parser reads as the session it carries.

@@ -6,19 +6,19 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use moment_mandates::config::LogFormat;
+use moment_mandates::telemetry::LogFormat;
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::flow::start_stack;
-use crate::helpers::{
+use crate::support::app::{
     API_KEY, SessionResponder, TestApp, WEBHOOK_SECRET, completed_first_in_series, eventually,
     mandate_body,
 };
-use crate::server::{serve, shut_down};
-use crate::testdb::TestDb;
+use crate::support::db::TestDb;
+use crate::support::process::{serve, shut_down};
+use crate::support::stack::start_stack;
 
 /// The value of the sample of `name` carrying every label in `labels`.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -50,7 +50,10 @@ async fn metrics_count_requests_webhooks_moment_calls_and_records() {
         .post_raw_webhook(
             &[
                 ("webhook-id", "msg_forged"),
-                ("webhook-timestamp", &crate::helpers::now_secs().to_string()),
+                (
+                    "webhook-timestamp",
+                    &crate::support::app::now_secs().to_string(),
+                ),
                 (
                     "webhook-signature",
                     "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",

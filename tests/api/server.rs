@@ -6,11 +6,10 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, WEBHOOK_SECRET, mandate_body, now_secs, test_config};
-use crate::testdb::TestDb;
+use crate::support::app::{TestApp, WEBHOOK_SECRET, mandate_body, now_secs};
+use crate::support::db::TestDb;
+use crate::support::process::{BIN, serve, shut_down};
 use moment_mandates::moment::signature::WebhookSecret;
-
-const BIN: &str = env!("CARGO_BIN_EXE_moment-mandates");
 
 #[test]
 fn a_missing_or_malformed_setting_stops_the_process_with_one_line_naming_it() {
@@ -110,31 +109,12 @@ async fn health_and_readiness() {
     down.problem(503);
 }
 
-/// Starts `run()` on a port-0 listener against the test database.
-pub async fn serve(
-    database_url: &str,
-    moment_url: &str,
-) -> (
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    let config = test_config(database_url, moment_url);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(moment_mandates::app::run(config, listener, async move {
-        let _ = stopped.await;
-    }));
-    (base, stop, handle)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_runs_on_a_socket_and_stops_cleanly() {
     let test_db = TestDb::new().await;
     let moment = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(crate::helpers::SessionResponder)
+        .respond_with(crate::support::app::SessionResponder)
         .mount(&moment)
         .await;
     let (base, stop, handle) = serve(&test_db.url, &moment.uri()).await;
@@ -147,7 +127,7 @@ async fn the_service_runs_on_a_socket_and_stops_cleanly() {
     assert_eq!(ready.status(), 200);
     let resp = http
         .post(format!("{base}/mandates"))
-        .bearer_auth(crate::helpers::API_KEY)
+        .bearer_auth(crate::support::app::API_KEY)
         .json(&mandate_body())
         .send()
         .await
@@ -251,17 +231,4 @@ fn fastrand_like(n: u64) -> u64 {
     n.wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407)
         >> 33
-}
-
-/// Stops a service started by `serve` and asserts it exits cleanly within 10 s.
-pub async fn shut_down(
-    stop: tokio::sync::oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), handle)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
 }

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{OLD_SECRET, TestApp, completed_first_in_series, mandate_body, now_secs};
+use crate::support::app::{OLD_SECRET, TestApp, completed_first_in_series, mandate_body, now_secs};
 use moment_mandates::moment::signature::WebhookSecret;
 
 async fn pending_mandate(app: &TestApp) -> Value {

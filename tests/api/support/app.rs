@@ -8,15 +8,15 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
-use moment_mandates::app::{AppState, router};
-use moment_mandates::config::{Config, LogFormat};
-use moment_mandates::db::DbConfig;
+use moment_mandates::app::router;
+use moment_mandates::config::Config;
 use moment_mandates::moment::signature::WebhookSecret;
+use moment_mandates::state::AppState;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
 
-use crate::testdb::TestDb;
+use crate::support::db::TestDb;
 use wiremock::matchers::{body_partial_json, method, path, path_regex};
 use wiremock::{Mock, MockServer, Respond, ResponseTemplate};
 
@@ -38,33 +38,24 @@ pub struct TestApp {
 
 /// Settings for tests: short Moment timeouts so failure cases run quickly.
 pub fn test_config(database_url: &str, moment_url: &str) -> Config {
-    Config {
-        db: DbConfig {
-            url: database_url.into(),
-            max_connections: 10,
-            acquire_timeout: Duration::from_secs(2),
-        },
-        migrate: true,
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        public_url: PUBLIC_URL.into(),
-        moment_api_url: moment_url.into(),
-        moment_secret_key: "sk_test_secret".into(),
-        webhook_secrets: vec![
+    let mut config = Config::local(
+        database_url,
+        PUBLIC_URL,
+        moment_url,
+        "sk_test_secret",
+        vec![
             WebhookSecret::parse(WEBHOOK_SECRET).unwrap(),
             WebhookSecret::parse(OLD_SECRET).unwrap(),
         ],
-        webhook_tolerance: Duration::from_secs(180),
-        moment_timeout: Duration::from_millis(500),
-        moment_max_attempts: 3,
-        api_keys: vec!["other-key".into(), API_KEY.into()],
-        default_return_url: Some("https://shop.test/done".into()),
-        request_timeout: Duration::from_secs(30),
-        shutdown_timeout: Duration::from_secs(10),
-        body_limit: moment_mandates::app::BODY_LIMIT,
-        worker_interval: Duration::from_millis(200),
-        reconcile_after: Duration::from_secs(300),
-        log_format: LogFormat::Text,
-    }
+        &["other-key", API_KEY],
+    );
+    config.db.acquire_timeout = Duration::from_secs(2);
+    config.moment_timeout = Duration::from_millis(500);
+    config.default_return_url = Some("https://shop.test/done".into());
+    config.request_timeout = Duration::from_secs(30);
+    config.worker_interval = Duration::from_millis(200);
+    config.reconcile_after = Duration::from_secs(300);
+    config
 }
 
 /// A response, read whole.

@@ -1,0 +1,95 @@
+//! Operational routes: liveness, readiness and the Prometheus metrics.
+
+use ::metrics::gauge;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::db;
+use crate::domain::{ChargeStatus, MandateStatus};
+use crate::error::{ApiError, Problem};
+use crate::metrics;
+use crate::state::AppState;
+use crate::store::{charges, mandates};
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Up", body = Object, example = json!({"status": "ok"}))))]
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Postgres answers and every migration this build knows is applied; `503` otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
+        (status = 503, description = "Postgres unreachable or migrations missing", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let applied = db::migrations_applied(&state.db)
+        .await
+        .map_err(ApiError::DatabaseUnavailable)?;
+    if !applied {
+        return Err(ApiError::DatabaseUnavailable(sqlx::Error::Protocol(
+            "migrations not applied".into(),
+        )));
+    }
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+/// `GET /metrics`: Prometheus text. The pool figures and the mandate and charge counts by
+/// status are read now; everything else was recorded as it happened.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
+pub async fn render(State(state): State<AppState>) -> Response {
+    let pool = &state.db;
+    let size = i64::from(pool.size());
+    let idle = pool.num_idle() as i64;
+    let in_use = size - idle;
+    gauge!("db_pool_connections", "state" => "in_use").set(in_use as f64);
+    gauge!("db_pool_connections", "state" => "idle").set(idle as f64);
+    gauge!("db_pool_max_connections").set(f64::from(pool.options().get_max_connections()));
+    let waiting = (metrics::db_work_in_flight() - in_use).max(0);
+    gauge!("db_pool_waiting").set(waiting as f64);
+    let counts = async {
+        Ok::<_, sqlx::Error>((
+            mandates::count_by_status(pool).await?,
+            charges::count_by_status(pool).await?,
+        ))
+    };
+    match counts.await {
+        Ok((mandate_rows, charge_rows)) => {
+            let mandate_statuses = MandateStatus::ALL.iter().map(|s| s.as_str());
+            let charge_statuses = ChargeStatus::ALL.iter().map(|s| s.as_str());
+            for (name, rows, statuses) in [
+                (
+                    "mandates",
+                    mandate_rows,
+                    mandate_statuses.collect::<Vec<_>>(),
+                ),
+                ("charges", charge_rows, charge_statuses.collect()),
+            ] {
+                for status in statuses {
+                    let n = rows
+                        .iter()
+                        .find(|(s, _)| s == status)
+                        .map_or(0, |(_, n)| *n);
+                    gauge!(name, "status" => status).set(n as f64);
+                }
+            }
+            gauge!("metrics_database_up").set(1.0);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot count mandates and charges");
+            gauge!("metrics_database_up").set(0.0);
+        }
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::handle().render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,69 @@
+//! What a request or the worker needs: the pool, the Moment client, the webhook verifier and
+//! the settings the handlers read, built once from the checked `Config`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use sqlx::PgPool;
+
+use crate::auth::ApiKeys;
+use crate::config::Config;
+use crate::moment::signature::{Verifier, WebhookSecret};
+use crate::moment::{MomentClient, RetryPolicy};
+
+/// Settings the handlers read.
+pub struct Settings {
+    /// Base URL of this service, without a trailing slash.
+    pub public_url: String,
+    /// Where a customer lands after checkout when the mandate named no `return_url`.
+    pub default_return_url: Option<String>,
+    /// How long a pending mandate or processing charge may stay quiet before the worker asks
+    /// Moment about it.
+    pub reconcile_after: Duration,
+}
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub moment: MomentClient,
+    pub verifier: Arc<Verifier>,
+    /// The merchant's API keys, handed to the `auth` layer.
+    pub api_keys: Arc<ApiKeys>,
+    pub settings: Arc<Settings>,
+}
+
+impl FromRef<AppState> for Arc<ApiKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.api_keys.clone()
+    }
+}
+
+impl AppState {
+    /// Builds the state from checked settings. Consumes the webhook secrets.
+    pub fn new(config: &mut Config, db: PgPool) -> anyhow::Result<Self> {
+        let retry = RetryPolicy {
+            max_attempts: config.moment_max_attempts,
+            ..RetryPolicy::default()
+        };
+        let moment = MomentClient::new(
+            &config.moment_api_url,
+            config.moment_secret_key.clone(),
+            config.moment_timeout,
+            retry,
+        )?;
+        let secrets: Vec<WebhookSecret> = std::mem::take(&mut config.webhook_secrets);
+        Ok(Self {
+            db,
+            moment,
+            verifier: Arc::new(Verifier::new(secrets, config.webhook_tolerance)),
+            api_keys: Arc::new(ApiKeys::new(&config.api_keys)),
+            settings: Arc::new(Settings {
+                public_url: config.public_url.clone(),
+                default_return_url: config.default_return_url.clone(),
+                reconcile_after: config.reconcile_after,
+            }),
+        })
+    }
+}
