@@ -92,6 +92,10 @@ pub struct ChargeResponse {
     /// Why the charge failed: Moment's `last_payment_error`, or its problem details.
     #[schema(value_type = Option<Object>)]
     pub failure: Option<Value>,
+    /// Why the charge needs review (`{code, message}`), while it does.
+    #[schema(value_type = Option<Object>)]
+    #[serde(default)]
+    pub review_reason: Option<Value>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
@@ -113,8 +117,35 @@ impl From<&Charge> for ChargeResponse {
             session_id: c.session_id.clone(),
             payment_id: c.payment_id.clone(),
             failure: c.failure.as_ref().map(|f| f.0.clone()),
+            review_reason: c.review_reason.as_ref().map(|r| r.0.clone()),
             created_at: c.created_at,
             updated_at: c.updated_at,
         }
     }
+}
+
+/// `POST /mandates/{id}/revoke`: the revoked mandate, and what became of its open charges.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = RevokedMandate)]
+pub struct RevokeResponse {
+    #[serde(flatten)]
+    pub mandate: MandateResponse,
+    pub charges: RevokedCharges,
+}
+
+/// The revoked mandate's open charges, by what became of them. Nothing of the mandate is sent
+/// to Moment after the revocation.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokedCharges {
+    /// Never sent to Moment: now `failed` with code `mandate_revoked`.
+    pub failed: Vec<Uuid>,
+    /// Sent with the outcome unknown: never sent again, `needs_review` unless Moment settles
+    /// them by webhook or reconciliation.
+    pub needs_review: Vec<Uuid>,
+    /// Being sent at this very moment: the send completes (then `processing`, settled by
+    /// Moment) or the charge ends as above.
+    pub in_flight: Vec<Uuid>,
+    /// Already at Moment (`processing`): Moment settles them.
+    pub at_moment: Vec<Uuid>,
 }

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -23,6 +24,7 @@ use crate::auth::require_api_key;
 use crate::config::{BODY_LIMIT, Config};
 use crate::error::{ApiError, problem_fallback};
 use crate::routes::{charges, mandates, ops, webhooks};
+use crate::server::{self, Limits};
 use crate::state::AppState;
 use crate::telemetry::{REQUEST_ID_HEADER, assign_request_id};
 use crate::{db, openapi, worker};
@@ -53,7 +55,6 @@ pub fn router_with_limit(state: AppState, request_timeout: Duration, body_limit:
         .routes(routes!(webhooks::receive))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
-        .routes(routes!(ops::render))
         .routes(routes!(openapi::document))
         .routes(routes!(openapi::docs));
     let (routes, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
@@ -102,6 +103,17 @@ pub fn router_with_limit(state: AppState, request_timeout: Duration, body_limit:
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(middleware::from_fn(assign_request_id))
+        .with_state(state)
+}
+
+/// The metrics listener's router: `GET /metrics` only. It is served apart from the API
+/// (`METRICS_LISTEN_ADDR`, loopback by default), because the API's listener must be public for
+/// webhooks and the customer's return, and the counts it shows must not be.
+pub fn metrics_router(state: AppState) -> Router {
+    crate::metrics::handle();
+    Router::new()
+        .route("/metrics", axum::routing::get(ops::render))
+        .layer(middleware::map_response(problem_fallback))
         .with_state(state)
 }
 
@@ -155,21 +167,47 @@ pub async fn run(
     let worker = tokio::spawn(worker::run(state.clone(), config.worker_interval, stopped));
     tracing::info!(addr = %listener.local_addr()?, public_url = %config.public_url, "listening");
     let app = router_with_limit(state.clone(), config.request_timeout, config.body_limit);
-    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let metrics_listener = TcpListener::bind(config.metrics_listen_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "METRICS_LISTEN_ADDR: cannot listen on {}",
+                config.metrics_listen_addr
+            )
+        })?;
+    tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+    let metrics = metrics_router(state.clone());
+    let (signalled, on_signal) = tokio::sync::watch::channel(false);
+    let signal = async move {
         shutdown.await;
-        let _ = signalled.send(());
-    });
+        let _ = signalled.send(true);
+    };
+    let limits = Limits {
+        header_read_timeout: config.header_read_timeout,
+        max_connections: config.max_connections,
+        ..Limits::default()
+    };
+    let mut stopping = on_signal.clone();
+    let metrics_server = tokio::spawn(server::serve(
+        metrics_listener,
+        metrics,
+        Limits::default(),
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        },
+    ));
+    let mut waiting = on_signal;
     // After the signal: no new connections; in-flight requests get `shutdown_timeout` to
     // finish (their database work is detached and completes regardless).
     let grace = config.shutdown_timeout;
     tokio::select! {
-        served = server.into_future() => served?,
+        () = server::serve(listener, app, limits, signal) => {}
         () = async {
-            let _ = on_signal.await;
+            let _ = waiting.wait_for(|s| *s).await;
             tokio::time::sleep(grace).await;
         } => tracing::warn!(secs = grace.as_secs_f64(), "in-flight requests did not finish in time; stopping anyway"),
     }
+    metrics_server.abort();
     let _ = stop_worker.send(true);
     if tokio::time::timeout(grace, worker).await.is_err() {
         tracing::warn!("the worker did not finish its run in time; stopping anyway");

@@ -10,10 +10,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{
-    Config, ConfigError, DbConfig, bad, duration, http_url, log_format, millis, number,
+    Config, ConfigError, DbConfig, bad, duration, http_url, log_format, millis, number, positive,
     positive_secs, required, share, socket_addr,
 };
 use crate::dev::{self, DevOptions};
@@ -21,6 +21,17 @@ use crate::moment::signature::WebhookSecret;
 use crate::sim::{self, Faults, SimConfig};
 use crate::telemetry::{self, LogFormat};
 use crate::{app, db};
+
+/// The shortest API key accepted.
+pub const MIN_API_KEY_LEN: usize = 24;
+
+/// The secrets and keys shipped in `.env.example` and `docker-compose.yml`: local-only, so
+/// `serve` refuses them beside a live Moment key.
+pub const EXAMPLE_VALUES: &[&str] = &[
+    "whsec_bG9jYWwtZGV2ZWxvcG1lbnQtb25seS1yZXBsYWNlLW1l",
+    "replace-with-a-long-random-token",
+    "local-only-api-key-change-me-0000",
+];
 
 /// Default database: the local Postgres with trust auth.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/moment_mandates";
@@ -215,6 +226,22 @@ pub struct ServeArgs {
     /// its session from Moment.
     #[arg(long, env = "RECONCILE_AFTER_SECS", default_value = "300")]
     pub reconcile_after_secs: String,
+    /// The longest Retry-After from Moment waited out inside one call, in seconds; a longer
+    /// one ends the call and the background worker waits it out.
+    #[arg(long, env = "MOMENT_MAX_RETRY_AFTER_SECS", default_value = "60")]
+    pub moment_max_retry_after_secs: String,
+    /// Where GET /metrics is served (keep it off the public network).
+    #[arg(long, env = "METRICS_LISTEN_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_listen_addr: String,
+    /// Seconds a client may take to send a request head.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value = "10")]
+    pub header_read_timeout_secs: String,
+    /// Connections open at once at most on LISTEN_ADDR.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value = "1024")]
+    pub max_connections: String,
+    /// Days applied, ignored and orphaned webhook events are kept.
+    #[arg(long, env = "WEBHOOK_EVENT_RETENTION_DAYS", default_value = "90")]
+    pub webhook_event_retention_days: String,
     /// Log format: json or text.
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -318,6 +345,16 @@ impl ServeArgs {
         let listen_addr = socket_addr("LISTEN_ADDR", &self.listen_addr)?;
         let public_url = match &self.public_url {
             Some(u) if !u.trim().is_empty() => http_url("PUBLIC_URL", u)?,
+            // Customers and Moment cannot reach a wildcard address: the checkout's return URL
+            // would lead nowhere.
+            _ if listen_addr.ip().is_unspecified() => {
+                return Err(bad(
+                    "PUBLIC_URL",
+                    format!(
+                        "is required when listening on {listen_addr}: customers and Moment must reach this service"
+                    ),
+                ));
+            }
             _ => format!("http://{listen_addr}"),
         };
         let moment_api_url = http_url("MOMENT_API_URL", &self.moment_api_url)?;
@@ -342,6 +379,43 @@ impl ServeArgs {
             .collect();
         if api_keys.is_empty() {
             return Err(bad("API_KEYS", "is required"));
+        }
+        if api_keys
+            .iter()
+            .any(|k| k.expose_secret().chars().count() < MIN_API_KEY_LEN)
+        {
+            return Err(bad(
+                "API_KEYS",
+                format!("each key must be at least {MIN_API_KEY_LEN} characters"),
+            ));
+        }
+        let live = !moment_secret_key.starts_with("sk_test_");
+        if live {
+            if !moment_api_url.starts_with("https://") {
+                return Err(bad(
+                    "MOMENT_API_URL",
+                    "must be https with a live MOMENT_SECRET_KEY",
+                ));
+            }
+            let raw_secrets = self.moment_webhook_secrets.as_deref().unwrap_or_default();
+            if raw_secrets
+                .split([',', ' '])
+                .any(|s| EXAMPLE_VALUES.contains(&s.trim()))
+            {
+                return Err(bad(
+                    "MOMENT_WEBHOOK_SECRETS",
+                    "holds an example secret from .env.example or docker-compose.yml; it cannot be used with a live MOMENT_SECRET_KEY",
+                ));
+            }
+            if api_keys
+                .iter()
+                .any(|k| EXAMPLE_VALUES.contains(&k.expose_secret()))
+            {
+                return Err(bad(
+                    "API_KEYS",
+                    "holds an example key from .env.example or docker-compose.yml; it cannot be used with a live MOMENT_SECRET_KEY",
+                ));
+            }
         }
         let default_return_url = match &self.default_return_url {
             Some(u) if !u.trim().is_empty() => Some(http_url("DEFAULT_RETURN_URL", u)?),
@@ -374,9 +448,31 @@ impl ServeArgs {
             body_limit,
             worker_interval: positive_secs("WORKER_INTERVAL_SECS", &self.worker_interval_secs)?,
             reconcile_after: positive_secs("RECONCILE_AFTER_SECS", &self.reconcile_after_secs)?,
+            moment_max_retry_after: Duration::from_secs(number(
+                "MOMENT_MAX_RETRY_AFTER_SECS",
+                &self.moment_max_retry_after_secs,
+            )?),
+            webhook_event_retention_days: positive(
+                "WEBHOOK_EVENT_RETENTION_DAYS",
+                &self.webhook_event_retention_days,
+            )?,
+            metrics_listen_addr: socket_addr("METRICS_LISTEN_ADDR", &self.metrics_listen_addr)?,
+            header_read_timeout: positive_secs(
+                "HEADER_READ_TIMEOUT_SECS",
+                &self.header_read_timeout_secs,
+            )?,
+            max_connections: at_least_one("MAX_CONNECTIONS", &self.max_connections)?,
             log_format,
         })
     }
+}
+
+fn at_least_one(var: &'static str, value: &str) -> Result<usize, ConfigError> {
+    let n: usize = number(var, value)?;
+    if n == 0 {
+        return Err(bad(var, "must be at least 1"));
+    }
+    Ok(n)
 }
 
 /// Parses the command line and runs the command; the exit code says how it went (2: a bad
@@ -487,7 +583,7 @@ mod tests {
         "--moment-webhook-secrets",
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
         "--api-keys",
-        "k1,k2",
+        "k1-0123456789abcdefghijklm,k2-0123456789abcdefghijklm",
     ];
 
     #[test]
@@ -539,5 +635,60 @@ mod tests {
         let mut argv = OK.to_vec();
         argv.extend(["--listen-addr", "nowhere"]);
         assert_eq!(args(&argv).config().err().unwrap().var, "LISTEN_ADDR");
+    }
+
+    /// `OK` with the flags of `extra` (flag, value pairs) put in place of its own.
+    fn with(extra: &[&str]) -> Result<Config, ConfigError> {
+        let flags: Vec<&str> = extra.iter().step_by(2).copied().collect();
+        let mut argv: Vec<&str> = OK
+            .chunks(2)
+            .filter(|pair| !flags.contains(&pair[0]))
+            .flatten()
+            .copied()
+            .collect();
+        argv.extend_from_slice(extra);
+        args(&argv).config()
+    }
+
+    #[test]
+    fn settings_unsafe_for_real_money_are_refused() {
+        const LIVE: &[&str] = &["--moment-secret-key", "sk_live_0123456789"];
+        let short = with(&["--api-keys", "short-key"]).err().unwrap();
+        assert_eq!(short.var, "API_KEYS");
+        assert!(!short.to_string().contains("short-key"));
+        assert_eq!(
+            with(&["--listen-addr", "0.0.0.0:8080"]).err().unwrap().var,
+            "PUBLIC_URL"
+        );
+        assert!(
+            with(&[
+                "--listen-addr",
+                "0.0.0.0:8080",
+                "--public-url",
+                "https://pay.example.com"
+            ])
+            .is_ok()
+        );
+        let mut plain_http = LIVE.to_vec();
+        plain_http.extend(["--moment-api-url", "http://api.momentpay.net"]);
+        assert_eq!(with(&plain_http).err().unwrap().var, "MOMENT_API_URL");
+        // A test key may talk to the simulator over http.
+        assert!(with(&["--moment-api-url", "http://127.0.0.1:8081"]).is_ok());
+        for example in EXAMPLE_VALUES {
+            let mut argv = LIVE.to_vec();
+            let var = if example.starts_with("whsec_") {
+                argv.extend(["--moment-webhook-secrets", example]);
+                "MOMENT_WEBHOOK_SECRETS"
+            } else {
+                argv.extend(["--api-keys", example]);
+                "API_KEYS"
+            };
+            let err = with(&argv).err().expect("an example value with a live key");
+            assert_eq!(err.var, var);
+            assert!(!err.to_string().contains(example));
+        }
+        // The same example values are fine with a test key, for local use.
+        assert!(with(&["--api-keys", EXAMPLE_VALUES[1]]).is_ok());
+        assert!(with(LIVE).is_ok());
     }
 }

@@ -61,6 +61,16 @@ pub struct Config {
     pub body_limit: usize,
     pub worker_interval: Duration,
     pub reconcile_after: Duration,
+    /// The longest `Retry-After` from Moment waited out inside one call.
+    pub moment_max_retry_after: Duration,
+    /// Applied, ignored and orphaned webhook events older than this many days are deleted.
+    pub webhook_event_retention_days: f64,
+    /// Where `GET /metrics` is served, apart from the API.
+    pub metrics_listen_addr: SocketAddr,
+    /// How long a client may take to send a request head.
+    pub header_read_timeout: Duration,
+    /// Connections open at once at most on the API's listener.
+    pub max_connections: usize,
     pub log_format: LogFormat,
 }
 
@@ -98,6 +108,11 @@ impl Config {
             body_limit: BODY_LIMIT,
             worker_interval: Duration::from_secs(2),
             reconcile_after: Duration::from_secs(30),
+            moment_max_retry_after: Duration::from_secs(60),
+            webhook_event_retention_days: 90.0,
+            metrics_listen_addr: ([127, 0, 0, 1], 0).into(),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
             log_format: LogFormat::Text,
         }
     }
@@ -108,6 +123,15 @@ pub fn number<T: std::str::FromStr>(var: &'static str, value: &str) -> Result<T,
         .trim()
         .parse()
         .map_err(|_| bad(var, format!("{value:?} is not a valid number")))
+}
+
+/// A positive number.
+pub fn positive(var: &'static str, value: &str) -> Result<f64, ConfigError> {
+    let n: f64 = number(var, value)?;
+    if !(n > 0.0 && n.is_finite()) {
+        return Err(bad(var, "must be a positive number"));
+    }
+    Ok(n)
 }
 
 pub fn positive_secs(var: &'static str, value: &str) -> Result<Duration, ConfigError> {

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod moment;
 pub mod openapi;
 pub mod routes;
+pub mod server;
 pub mod sim;
 pub mod state;
 pub mod store;

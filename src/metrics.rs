@@ -56,15 +56,78 @@ pub fn handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
+            describe();
             handle
         })
         .clone()
 }
 
+/// HELP text for every metric, so that each one says what it counts.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests answered, by method, route template and status"
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer an HTTP request, by method, route template and status"
+    );
+    describe_counter!(
+        "webhooks_total",
+        "Moment webhook deliveries, by event type, outcome and rejection reason"
+    );
+    describe_counter!(
+        "moment_requests_total",
+        "Attempts of calls to Moment, by operation and HTTP status (or timeout, network)"
+    );
+    describe_histogram!(
+        "moment_request_duration_seconds",
+        Unit::Seconds,
+        "Time one attempt of a call to Moment took, by operation and status"
+    );
+    describe_counter!(
+        "charges_paid_after_failure_total",
+        "Charges marked failed that Moment then reported paid (now succeeded)"
+    );
+    describe_gauge!(
+        "db_pool_connections",
+        "Connections in the database pool, by state (in_use, idle)"
+    );
+    describe_gauge!("db_pool_max_connections", "The database pool's size limit");
+    describe_gauge!(
+        "db_pool_waiting",
+        "Units of database work waiting for a pooled connection"
+    );
+    describe_gauge!("mandates", "Mandates by status, counted when scraped");
+    describe_gauge!("charges", "Charges by status, counted when scraped");
+    describe_gauge!(
+        "metrics_database_up",
+        "1 when the last scrape could count mandates and charges, 0 otherwise"
+    );
+}
+
+/// The `method` label: the methods the API knows, `other` for the rest, so that made-up
+/// methods cannot grow the label set.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Counts and times every request by method, route template and status.
 pub async fn track_http(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method()).to_owned();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -97,4 +160,9 @@ pub fn moment_call(operation: &'static str, status: String, started: Instant) {
     let labels = [("operation", operation.to_owned()), ("status", status)];
     counter!("moment_requests_total", &labels).increment(1);
     histogram!("moment_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+}
+
+/// A charge we had marked `failed` that Moment reports paid (now `succeeded`).
+pub fn charge_paid_after_failure() {
+    counter!("charges_paid_after_failure_total").increment(1);
 }

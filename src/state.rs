@@ -12,6 +12,9 @@ use crate::config::Config;
 use crate::moment::signature::{Verifier, WebhookSecret};
 use crate::moment::{MomentClient, RetryPolicy};
 
+/// Fetches from Moment for returning customers in flight at once, at most.
+pub const RETURN_FETCHES: usize = 16;
+
 /// Settings the handlers read.
 pub struct Settings {
     /// Base URL of this service, without a trailing slash.
@@ -21,6 +24,8 @@ pub struct Settings {
     /// How long a pending mandate or processing charge may stay quiet before the worker asks
     /// Moment about it.
     pub reconcile_after: Duration,
+    /// Settled webhook events older than this many days are deleted by the worker.
+    pub webhook_event_retention_days: f64,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -32,6 +37,9 @@ pub struct AppState {
     /// The merchant's API keys, handed to the `auth` layer.
     pub api_keys: Arc<ApiKeys>,
     pub settings: Arc<Settings>,
+    /// Fetches from Moment for customers returning from checkout, in flight at most: a flood
+    /// of returns cannot turn into a flood of calls.
+    pub return_fetches: Arc<tokio::sync::Semaphore>,
 }
 
 impl FromRef<AppState> for Arc<ApiKeys> {
@@ -45,6 +53,7 @@ impl AppState {
     pub fn new(config: &mut Config, db: PgPool) -> anyhow::Result<Self> {
         let retry = RetryPolicy {
             max_attempts: config.moment_max_attempts,
+            max_retry_after: config.moment_max_retry_after,
             ..RetryPolicy::default()
         };
         let moment = MomentClient::new(
@@ -63,7 +72,9 @@ impl AppState {
                 public_url: config.public_url.clone(),
                 default_return_url: config.default_return_url.clone(),
                 reconcile_after: config.reconcile_after,
+                webhook_event_retention_days: config.webhook_event_retention_days,
             }),
+            return_fetches: Arc::new(tokio::sync::Semaphore::new(RETURN_FETCHES)),
         })
     }
 }

@@ -1,56 +1,81 @@
 //! Background work, safe on several replicas at once (work is claimed with leases and
 //! `FOR UPDATE SKIP LOCKED`):
-//! - resend charges whose outcome at Moment is unknown, under the same Moment key;
-//! - apply webhook events that arrived before their session was known;
+//! - resend charges whose outcome at Moment is unknown, under the same Moment key, one claimed
+//!   at a time, within a time budget; close those Moment's idempotency window left behind;
+//! - apply webhook events that arrived before their session was known, page by page; give up
+//!   on those still unknown after 72 h, and delete settled ones past their retention;
 //! - reconcile what no webhook settled: fetch the session of pending mandates and processing
 //!   charges quiet for `reconcile_after`, and expire mandates that never got a session.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::db;
 use crate::state::AppState;
-use crate::store::{charges, mandates};
-use crate::workflow::{charges as charge_flow, events, lease_secs};
+use crate::store::{charges, mandates, webhook_events};
+use crate::workflow::{charges as charge_flow, events};
 
 /// Charges resent per run at most.
-const BATCH: i64 = 50;
+const BATCH: usize = 50;
+
+/// How long one run may spend on each stage that talks to Moment (resends, reconciliation):
+/// a slow Moment cannot hold deferred events, reconciliation and expiry back for long. A send
+/// under way when the budget runs out finishes first.
+pub const STAGE_BUDGET: Duration = Duration::from_secs(20);
 
 /// A mandate with no Moment session is expired after this long: Moment forgets idempotency
 /// keys after 24 h, so a retry could no longer reuse the first attempt.
 pub const SESSIONLESS_EXPIRY_SECS: f64 = 24.0 * 3600.0;
 
+/// A deferred webhook event whose session is still unknown after this long is given up
+/// (outcome `orphaned`): every session of ours is recorded well within it.
+pub const ORPHAN_AFTER_SECS: f64 = 72.0 * 3600.0;
+
+/// Old webhook events deleted per run at most.
+const RETENTION_BATCH: i64 = 1000;
+
 /// What one run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tally {
     pub charges_resent: usize,
+    /// Pending charges Moment's idempotency window left behind (failed or needs review).
+    pub charges_closed: u64,
     pub events_applied: usize,
     /// Mandates and charges moved by a fetched session.
     pub reconciled: usize,
     pub mandates_expired: u64,
+    pub events_orphaned: u64,
+    pub events_deleted: u64,
 }
 
 /// One pass over the pending work.
 pub async fn run_once(state: &AppState) -> sqlx::Result<Tally> {
-    let due = charges::claim_due(
-        &state.db,
-        BATCH,
-        lease_secs(state),
-        charge_flow::RESEND_WINDOW_SECS,
-    )
-    .await?;
-    let mut tally = Tally {
-        charges_resent: due.len(),
-        ..Tally::default()
-    };
-    for charge in due {
-        charge_flow::send(state, charge).await?;
+    let mut tally = Tally::default();
+    // One charge at a time: each lease is taken right before its send, never held while
+    // other sends go first.
+    let deadline = Instant::now() + STAGE_BUDGET;
+    while tally.charges_resent < BATCH && Instant::now() < deadline {
+        let token = Uuid::new_v4();
+        let lease = charge_flow::send_lease_secs(state);
+        let window = charge_flow::RESEND_WINDOW_SECS;
+        let Some(charge) = charges::claim_next_due(&state.db, lease, window, token).await? else {
+            break;
+        };
+        charge_flow::send(state, charge, token).await?;
+        tally.charges_resent += 1;
     }
+    tally.charges_closed =
+        charges::close_past_window(&state.db, charge_flow::RESEND_WINDOW_SECS).await?;
     tally.events_applied = events::apply_deferred(&state.db, None).await?;
     tally.reconciled = reconcile(state).await?;
     tally.mandates_expired =
         mandates::expire_sessionless(&state.db, SESSIONLESS_EXPIRY_SECS).await?;
+    tally.events_orphaned = webhook_events::orphan_old(&state.db, ORPHAN_AFTER_SECS).await?;
+    let retention = state.settings.webhook_event_retention_days;
+    tally.events_deleted =
+        webhook_events::delete_old(&state.db, retention, RETENTION_BATCH).await?;
     Ok(tally)
 }
 
@@ -59,19 +84,24 @@ pub async fn run_once(state: &AppState) -> sqlx::Result<Tally> {
 /// changes nothing; the record is asked about again after another `reconcile_after`.
 async fn reconcile(state: &AppState) -> sqlx::Result<usize> {
     let quiet = state.settings.reconcile_after.as_secs_f64();
-    let mut sessions: Vec<String> = mandates::claim_quiet(&state.db, BATCH, quiet)
+    let batch = BATCH as i64;
+    let mut sessions: Vec<String> = mandates::claim_quiet(&state.db, batch, quiet)
         .await?
         .into_iter()
         .filter_map(|m| m.session_id)
         .collect();
     sessions.extend(
-        charges::claim_quiet(&state.db, BATCH, quiet)
+        charges::claim_quiet(&state.db, batch, quiet)
             .await?
             .into_iter()
             .filter_map(|c| c.session_id),
     );
     let mut moved = 0;
+    let deadline = Instant::now() + STAGE_BUDGET;
     for id in sessions {
+        if Instant::now() >= deadline {
+            break;
+        }
         match state.moment.get_session(&id).await {
             Ok(session) => {
                 if events::apply_snapshot(&state.db, &session).await? == events::Applied::Moved {
@@ -97,9 +127,12 @@ pub async fn run(state: AppState, interval: Duration, mut shutdown: watch::Recei
         match db::detached(async move { run_once(&st).await }).await {
             Ok(t) if t != Tally::default() => tracing::info!(
                 charges_resent = t.charges_resent,
+                charges_closed = t.charges_closed,
                 events_applied = t.events_applied,
                 reconciled = t.reconciled,
                 mandates_expired = t.mandates_expired,
+                events_orphaned = t.events_orphaned,
+                events_deleted = t.events_deleted,
                 "worker run"
             ),
             Ok(_) => {}

@@ -321,9 +321,9 @@ pub async fn charges(
     Ok(run)
 }
 
-pub async fn scrape(http: &reqwest::Client, service_url: &str) -> anyhow::Result<String> {
+pub async fn scrape(http: &reqwest::Client, metrics_url: &str) -> anyhow::Result<String> {
     Ok(http
-        .get(format!("{service_url}/metrics"))
+        .get(metrics_url)
         .send()
         .await?
         .error_for_status()?

@@ -64,6 +64,7 @@ async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
     recreate_database(url).await?;
 
     let service_port = free_port()?;
+    let metrics_port = free_port()?;
     let sim_port = free_port()?;
     let secret = format!(
         "whsec_{}",
@@ -71,6 +72,7 @@ async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
     );
     let signer = Arc::new(WebhookSecret::parse(&secret).expect("a valid secret"));
     let service_url = format!("http://127.0.0.1:{service_port}");
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
     let sim_url = format!("http://127.0.0.1:{sim_port}");
 
     let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
@@ -92,6 +94,7 @@ async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
             .arg("serve")
             .env("DATABASE_URL", url)
             .env("LISTEN_ADDR", format!("127.0.0.1:{service_port}"))
+            .env("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("MOMENT_API_URL", &sim_url)
             .env("MOMENT_SECRET_KEY", MOMENT_KEY)
             .env("MOMENT_WEBHOOK_SECRETS", &secret)
@@ -112,7 +115,7 @@ async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
         &db,
         &http,
         &signer,
-        &service_url,
+        (&service_url, &metrics_url),
         &sim_url,
         (service.id(), sim.id()),
     )
@@ -154,7 +157,7 @@ async fn measure(
     db: &PgPool,
     http: &reqwest::Client,
     signer: &Arc<WebhookSecret>,
-    service_url: &str,
+    (service_url, metrics_url): (&str, &str),
     sim_url: &str,
     pids: (u32, u32),
 ) -> anyhow::Result<Measured> {
@@ -255,10 +258,10 @@ async fn measure(
         .send()
         .await?
         .error_for_status()?;
-    let metrics_before = scrape(http, service_url).await?;
+    let metrics_before = scrape(http, metrics_url).await?;
     let started = Instant::now();
     let billing = charges(http, service_url, &mandates, pids).await?;
-    let metrics_after = scrape(http, service_url).await?;
+    let metrics_after = scrape(http, metrics_url).await?;
     settle(db, mandates.len(), Duration::from_secs(120)).await?;
     let billing_settled_secs = started.elapsed().as_secs_f64();
     let after: Value = http

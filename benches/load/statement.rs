@@ -10,13 +10,15 @@ pub fn webhook(payload: &str) -> String {
     let session = "'ps_pgb_' || :i";
     let payload = format!("'{payload}'");
     // By number, highest first, so that `$1` never eats the start of `$14`.
-    let values: [(u8, &str); 14] = [
-        (14, &payload),
-        (13, "null"),
-        (12, session),
-        (11, "'payment_session.completed'"),
-        (10, "'evt_bench'"),
-        (9, "'msg_' || gen_random_uuid()"),
+    let values: [(u8, &str); 16] = [
+        (16, &payload),
+        (15, "null"),
+        (14, session),
+        (13, "'payment_session.completed'"),
+        (12, "'evt_bench'"),
+        (11, "'msg_' || gen_random_uuid()"),
+        (10, "null::text"),
+        (9, "null::bigint"),
         (8, "'{pending,active}'::text[]"),
         (7, "null::jsonb"),
         (6, "'pay_bench'"),

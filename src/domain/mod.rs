@@ -35,6 +35,10 @@ pub struct Transition<S: 'static> {
     pub payment_id: Option<String>,
     /// `{code, decline_code, message}` from Moment's `last_payment_error`, on failure.
     pub failure: Option<Value>,
+    /// The session's amount and currency, when it carries them: a record of ours with
+    /// another amount or currency is not moved by it.
+    pub amount: Option<i64>,
+    pub currency: Option<String>,
 }
 
 impl Effect {
@@ -70,21 +74,20 @@ impl Effect {
                 )))
             }
             SessionType::NextInSeries => {
-                const OPEN: &[ChargeStatus] = &[ChargeStatus::Pending, ChargeStatus::Processing];
+                use ChargeStatus::{Failed, NeedsReview, Pending, Processing, Succeeded};
+                // Not settled by Moment yet, as far as we know.
+                const OPEN: &[ChargeStatus] = &[Pending, Processing, NeedsReview];
+                // Moment is the source of truth for money moved: a payment it reports made
+                // succeeds the charge even where we had marked it failed.
+                const PAID_FROM: &[ChargeStatus] = &[Pending, Processing, NeedsReview, Failed];
                 let (to, from) = match status {
                     SessionStatus::Completed => match outcome? {
-                        PaymentOutcome::Paid | PaymentOutcome::Reserved => {
-                            (ChargeStatus::Succeeded, OPEN)
-                        }
-                        PaymentOutcome::Unpaid => (ChargeStatus::Failed, OPEN),
+                        PaymentOutcome::Paid | PaymentOutcome::Reserved => (Succeeded, PAID_FROM),
+                        PaymentOutcome::Unpaid => (Failed, OPEN),
                         _ => return None,
                     },
-                    SessionStatus::Expired | SessionStatus::Cancelled => {
-                        (ChargeStatus::Failed, OPEN)
-                    }
-                    SessionStatus::Active => {
-                        (ChargeStatus::Processing, &[ChargeStatus::Pending][..])
-                    }
+                    SessionStatus::Expired | SessionStatus::Cancelled => (Failed, OPEN),
+                    SessionStatus::Active => (Processing, &[Pending, NeedsReview][..]),
                     SessionStatus::Unknown => return None,
                 };
                 let mut t = transition(session, to, from);
@@ -117,6 +120,8 @@ fn transition<S: Copy + 'static>(session: &Session, to: S, from: &'static [S]) -
         customer_id: session.customer_id.clone(),
         payment_method_id: session.payment_method_id.clone(),
         payment_id: session.payment_id.clone(),
+        amount: session.amount,
+        currency: session.currency.clone(),
         failure: session
             .last_payment_error
             .as_ref()
@@ -171,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn an_active_session_only_moves_a_pending_charge_to_processing() {
+    fn an_active_session_moves_only_a_pending_or_needs_review_charge_to_processing() {
         let s = session(
             json!({"id": "ps_3", "type": "next_in_series", "status": "active", "payment_status": "unpaid"}),
         );
@@ -180,7 +185,10 @@ mod tests {
         };
         assert_eq!(
             (t.to, t.from),
-            (ChargeStatus::Processing, &[ChargeStatus::Pending][..])
+            (
+                ChargeStatus::Processing,
+                &[ChargeStatus::Pending, ChargeStatus::NeedsReview][..]
+            )
         );
     }
 

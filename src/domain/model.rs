@@ -33,6 +33,8 @@ pub struct Mandate {
     pub return_url: Option<String>,
     pub request_hash: String,
     pub locked_until: Option<OffsetDateTime>,
+    /// When the customer's return last fetched the session from Moment.
+    pub refreshed_at: Option<OffsetDateTime>,
 }
 
 /// One merchant-initiated payment under a mandate (a `next_in_series` session at Moment).
@@ -60,13 +62,22 @@ pub struct Charge {
     pub response_body: Option<Json<serde_json::Value>>,
     pub locked_until: Option<OffsetDateTime>,
     pub attempts: i32,
+    /// Why the charge needs review: `{code, message}`.
+    pub review_reason: Option<Json<serde_json::Value>>,
+    /// Who holds `locked_until` (see `store::charges`).
+    pub lease_token: Option<Uuid>,
+    /// Sends to Moment begun, counted before each call.
+    pub sends: i32,
 }
 
 impl Charge {
     /// The HTTP status that describes this charge to the merchant: `202` while its outcome
-    /// at Moment is unknown, `201` once Moment has answered.
+    /// at Moment is unknown (`pending`, `needs_review`), `201` once Moment has answered.
     pub fn http_status(&self) -> u16 {
-        if self.status == ChargeStatus::Pending {
+        if matches!(
+            self.status,
+            ChargeStatus::Pending | ChargeStatus::NeedsReview
+        ) {
             202
         } else {
             201

@@ -70,11 +70,14 @@ text_enum! {
 }
 
 text_enum! {
-    /// `pending` until Moment has the session, `processing` until its outcome is known.
+    /// `pending` until Moment has the session, `processing` until its outcome is known;
+    /// `needs_review` when the service can no longer learn or safely retry the outcome (an
+    /// operator looks at Moment; a webhook or reconciliation can still settle it).
     ChargeStatus {
         Pending => "pending",
         Processing => "processing",
         Succeeded => "succeeded",
         Failed => "failed",
+        NeedsReview => "needs_review",
     }
 }

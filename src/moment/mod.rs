@@ -4,4 +4,4 @@ pub mod client;
 pub mod signature;
 pub mod wire;
 
-pub use client::{MomentClient, MomentError, RetryPolicy};
+pub use client::{Attempt, MomentClient, MomentError, RetryPolicy};

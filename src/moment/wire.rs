@@ -100,6 +100,8 @@ pub struct Session {
     pub session_url: Option<String>,
     pub external_reference: Option<String>,
     pub last_payment_error: Option<serde_json::Value>,
+    /// `live` or `test`: the mode of the key the session was created with.
+    pub mode: Option<String>,
 }
 
 impl Session {

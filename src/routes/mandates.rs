@@ -13,7 +13,7 @@ use super::{
     ApiJson, List, MerchantErrors, Page, bad_query, check_currency, check_metadata,
     check_reference, idempotency_key, parse_id, request_hash,
 };
-use crate::api::MandateResponse;
+use crate::api::{MandateResponse, RevokeResponse, RevokedCharges};
 use crate::domain::MandateStatus;
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
@@ -70,13 +70,16 @@ impl CreateMandate {
                 "must be an e-mail address",
             ));
         }
-        let return_url =
-            match &self.return_url {
-                Some(u) => Some(crate::config::http_url("return_url", u).map_err(|_| {
-                    ApiError::invalid("return_url", "must be an absolute http(s) URL")
-                })?),
-                None => None,
-            };
+        // Checked, then kept exactly as given (a trailing slash or `?next=/` included).
+        if let Some(u) = &self.return_url
+            && crate::config::http_url("return_url", u).is_err()
+        {
+            return Err(ApiError::invalid(
+                "return_url",
+                "must be an absolute http(s) URL",
+            ));
+        }
+        let return_url = self.return_url.clone();
         check_reference(self.reference.as_deref())?;
         check_metadata(&self.metadata)?;
         Ok(MandateRequest {
@@ -163,6 +166,10 @@ pub async fn create(
             Json(MandateResponse::from(&mandate)),
         )
             .into_response()
+    } else if mandate.checkout_url.is_none() && mandate.status != MandateStatus::Pending {
+        // Settled without a checkout (expired because Moment could not be reached in time):
+        // there is nowhere to send the customer, so the answer is the mandate as it is.
+        (StatusCode::OK, Json(MandateResponse::from(&mandate))).into_response()
     } else {
         let checkout = mandate
             .checkout_url
@@ -251,13 +258,16 @@ pub async fn list(
     Ok(Json(List::new(rows, limit, |m| m.id)))
 }
 
-/// Revokes an active mandate: no charge is accepted on it afterwards. Moment documents no
-/// API to cancel a mandate, so this is enforced here.
+/// Revokes an active mandate: no charge is accepted on it afterwards, and nothing of it is
+/// sent to Moment again. Its charges never sent fail (`mandate_revoked`); those sent with the
+/// outcome unknown are not resent and become `needs_review` unless Moment settles them.
+/// Moment documents no API to cancel a mandate, so this is enforced here. Revoking a revoked
+/// mandate answers it again.
 #[utoipa::path(
     post, path = "/mandates/{id}/revoke", tag = "mandates", security(("api_key" = [])),
     params(("id" = Uuid, Path, description = "Mandate id")),
     responses(
-        (status = 200, description = "The revoked mandate", body = MandateResponse),
+        (status = 200, description = "The revoked mandate, and what became of its open charges", body = RevokeResponse),
         MerchantErrors,
         (status = 404, description = "No such mandate", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The mandate is not active", body = Problem, content_type = "application/problem+json"),
@@ -266,25 +276,18 @@ pub async fn list(
 pub async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<MandateResponse>, ApiError> {
+) -> Result<Json<RevokeResponse>, ApiError> {
     let id = parse_id(&id, "mandate")?;
-    let revoked = store::revoke(&state.db, id).await?;
-    let current = if revoked.is_none() {
-        store::by_id(&state.db, id).await?
-    } else {
-        None
-    };
-    match (revoked, current) {
-        (Some(m), _) => {
-            tracing::info!(mandate_id = %m.id, "mandate revoked");
-            Ok(Json(MandateResponse::from(&m)))
-        }
-        (None, Some(m)) => Err(ApiError::Conflict(format!(
-            "only an active mandate can be revoked; this one is {}",
-            m.status
-        ))),
-        (None, None) => Err(ApiError::NotFound("mandate")),
-    }
+    let revoked = flow::revoke(&state, id).await?;
+    Ok(Json(RevokeResponse {
+        mandate: MandateResponse::from(&revoked.mandate),
+        charges: RevokedCharges {
+            failed: revoked.failed,
+            needs_review: revoked.needs_review,
+            in_flight: revoked.in_flight,
+            at_moment: revoked.at_moment,
+        },
+    }))
 }
 
 /// Where Moment sends the customer after checkout. The state comes from Moment (fetched

@@ -90,7 +90,8 @@ async fn verify_and_store(
         kind: "unreadable".into(),
         data: serde_json::Value::Null,
     });
-    let receipt = events::receive(&state.db, &webhook_id, &payload, &event)
+    let mode = state.moment.mode();
+    let receipt = events::receive(&state.db, &webhook_id, &payload, &event, mode)
         .await
         .map_err(ApiError::DatabaseUnavailable)?;
     let kind = event.kind;

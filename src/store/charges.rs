@@ -25,18 +25,21 @@ pub struct NewCharge<'a> {
     pub idempotency_key: &'a str,
     pub request_hash: &'a str,
     pub lease_secs: f64,
+    /// The lease's holder: the request recording the charge.
+    pub lease_token: Uuid,
 }
 
-/// Inserts a pending charge holding the send lease, in one statement with the mandate's
+/// Inserts a pending charge holding the send lease (`lease_token`), in one statement with the mandate's
 /// checks: it must be active at this instant, with both Moment ids (copied onto the charge, so
 /// every resend carries the same body) and in the requested currency. `None` when the
 /// idempotency key is taken already or the mandate does not qualify; the caller tells which.
 pub async fn insert(conn: impl PgExecutor<'_>, c: &NewCharge<'_>) -> sqlx::Result<Option<Charge>> {
     sqlx::query_as(
         "insert into charge (id, mandate_id, amount, currency, reference, metadata, customer_id,
-                             payment_method_id, idempotency_key, request_hash, locked_until)
+                             payment_method_id, idempotency_key, request_hash, locked_until,
+                             lease_token)
          select $1, m.id, coalesce($3, m.amount), m.currency, $5, $6, m.customer_id,
-                m.payment_method_id, $7, $8, now() + make_interval(secs => $9)
+                m.payment_method_id, $7, $8, now() + make_interval(secs => $9), $10
          from mandate m
          where m.id = $2 and m.status = 'active'
            and m.customer_id is not null and m.payment_method_id is not null
@@ -53,6 +56,7 @@ pub async fn insert(conn: impl PgExecutor<'_>, c: &NewCharge<'_>) -> sqlx::Resul
     .bind(c.idempotency_key)
     .bind(c.request_hash)
     .bind(c.lease_secs)
+    .bind(c.lease_token)
     .fetch_optional(conn)
     .await
 }
@@ -75,63 +79,116 @@ pub async fn by_idempotency_key(
 }
 
 /// Takes the send lease of a charge whose outcome at Moment is still unknown, unless someone
-/// else holds it.
+/// else holds it; `token` names the new holder.
 pub async fn claim(
     conn: impl PgExecutor<'_>,
     id: Uuid,
     lease_secs: f64,
+    token: Uuid,
 ) -> sqlx::Result<Option<Charge>> {
     sqlx::query_as(
-        "update charge set locked_until = now() + make_interval(secs => $2)
+        "update charge set locked_until = now() + make_interval(secs => $2), lease_token = $3
          where id = $1 and status = 'pending' and (locked_until is null or locked_until < now())
          returning *",
     )
     .bind(id)
     .bind(lease_secs)
+    .bind(token)
     .fetch_optional(conn)
     .await
 }
 
-/// Takes the send lease of up to `limit` charges that are due to be sent again: outcome
-/// unknown, nobody holding them, and still within Moment's idempotency window.
-pub async fn claim_due(
+/// Takes the send lease (`token`) of the one charge most due to be sent again: outcome
+/// unknown, nobody holding it, its wait over, and still within Moment's idempotency window.
+/// One at a time, so that a lease is never held while other sends go first.
+pub async fn claim_next_due(
     conn: impl PgExecutor<'_>,
-    limit: i64,
     lease_secs: f64,
     window_secs: f64,
-) -> sqlx::Result<Vec<Charge>> {
+    token: Uuid,
+) -> sqlx::Result<Option<Charge>> {
     sqlx::query_as(
-        "update charge set locked_until = now() + make_interval(secs => $2)
-         where id in (
+        "update charge set locked_until = now() + make_interval(secs => $1), lease_token = $3
+         where id = (
              select id from charge
              where status = 'pending'
                and coalesce(locked_until, '-infinity') < now()
                and coalesce(next_attempt_at, '-infinity') <= now()
-               and created_at > now() - make_interval(secs => $3)
+               and created_at > now() - make_interval(secs => $2)
              order by next_attempt_at nulls first
-             limit $1
+             limit 1
              for update skip locked)
          returning *",
     )
-    .bind(limit)
     .bind(lease_secs)
     .bind(window_secs)
-    .fetch_all(conn)
+    .bind(token)
+    .fetch_optional(conn)
     .await
 }
 
+/// Right before each send to Moment: renews the lease of its holder `token` and counts the
+/// send, only while the charge is still pending, inside Moment's idempotency window
+/// (`window_secs` after it was recorded) and its mandate still active. `None` means: do not
+/// send (the lease was taken over, the charge settled, the window passed, or consent was
+/// withdrawn); the caller finds out which.
+pub async fn begin_send(
+    conn: impl PgExecutor<'_>,
+    id: Uuid,
+    token: Uuid,
+    lease_secs: f64,
+    window_secs: f64,
+) -> sqlx::Result<Option<Charge>> {
+    sqlx::query_as(
+        "update charge c set locked_until = now() + make_interval(secs => $3), sends = sends + 1
+         where c.id = $1 and c.lease_token = $2 and c.status = 'pending'
+           and c.created_at > now() - make_interval(secs => $4)
+           and exists (select 1 from mandate m where m.id = c.mandate_id and m.status = 'active')
+         returning *",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(lease_secs)
+    .bind(window_secs)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Extends the lease of its holder `token` to `secs` from now (before waiting out a
+/// `Retry-After`), so that nobody else sends meanwhile. False when the lease is not held.
+pub async fn hold(
+    conn: impl PgExecutor<'_>,
+    id: Uuid,
+    token: Uuid,
+    secs: f64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "update charge set locked_until = now() + make_interval(secs => $3)
+         where id = $1 and lease_token = $2 and status = 'pending'",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(secs)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Records the session Moment created: the charge is `processing` (unless a webhook already
-/// took it further) and the lease is released.
+/// took it further) and the lease is released. Only by the lease's holder `token`: `None`
+/// when someone else holds it now (their send, under the same key, gets the same session).
 pub async fn record_session(
     conn: impl PgExecutor<'_>,
     id: Uuid,
+    token: Uuid,
     session: &Session,
-) -> sqlx::Result<Recorded<Charge>> {
+) -> sqlx::Result<Option<Recorded<Charge>>> {
     sqlx::query_as(
         "update charge set session_id = $2, payment_id = coalesce(payment_id, $3),
-                status = case when status = 'pending' then 'processing' else status end,
-                attempts = attempts + 1, locked_until = null, next_attempt_at = null, updated_at = now()
-         where id = $1
+                status = case when status in ('pending', 'needs_review') then 'processing' else status end,
+                attempts = attempts + 1, locked_until = null, lease_token = null,
+                next_attempt_at = null, updated_at = now()
+         where id = $1 and lease_token = $4
          returning *,
                 exists (select 1 from webhook_event
                         where session_id = $2 and outcome = 'deferred') as webhook_waiting",
@@ -139,40 +196,138 @@ pub async fn record_session(
     .bind(id)
     .bind(&session.id)
     .bind(&session.payment_id)
-    .fetch_one(conn)
+    .bind(token)
+    .fetch_optional(conn)
     .await
 }
 
-/// Marks a pending charge failed because Moment refused it.
+/// Marks a pending charge failed (Moment refused it, or it was never sent and may no longer
+/// be) and releases the lease; only by the lease's holder `token`.
 pub async fn fail(
     conn: impl PgExecutor<'_>,
     id: Uuid,
+    token: Uuid,
     failure: &serde_json::Value,
-) -> sqlx::Result<Charge> {
+) -> sqlx::Result<Option<Charge>> {
     sqlx::query_as(
         "update charge set status = case when status = 'pending' then 'failed' else status end,
                 failure = case when status = 'pending' then $2 else failure end,
-                attempts = attempts + 1, locked_until = null, next_attempt_at = null, updated_at = now()
-         where id = $1
+                attempts = attempts + 1, locked_until = null, lease_token = null,
+                next_attempt_at = null, updated_at = now()
+         where id = $1 and lease_token = $3
          returning *",
     )
     .bind(id)
     .bind(Json(failure))
-    .fetch_one(conn)
+    .bind(token)
+    .fetch_optional(conn)
     .await
 }
 
-/// Leaves the charge pending, to be sent again under the same key after `delay_secs`.
-pub async fn defer(conn: impl PgExecutor<'_>, id: Uuid, delay_secs: f64) -> sqlx::Result<Charge> {
+/// Marks a pending charge `needs_review` for `reason` (`{code, message}`) and releases the
+/// lease; only by the lease's holder `token`. Nothing sends it again.
+pub async fn needs_review(
+    conn: impl PgExecutor<'_>,
+    id: Uuid,
+    token: Uuid,
+    reason: &serde_json::Value,
+) -> sqlx::Result<Option<Charge>> {
     sqlx::query_as(
-        "update charge set attempts = attempts + 1, locked_until = null,
+        "update charge set status = case when status = 'pending' then 'needs_review' else status end,
+                review_reason = case when status = 'pending' then $2 else review_reason end,
+                locked_until = null, lease_token = null, next_attempt_at = null, updated_at = now()
+         where id = $1 and lease_token = $3
+         returning *",
+    )
+    .bind(id)
+    .bind(Json(reason))
+    .bind(token)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Leaves the charge pending, to be sent again under the same key after `delay_secs`, and
+/// releases the lease; only by the lease's holder `token`.
+pub async fn defer(
+    conn: impl PgExecutor<'_>,
+    id: Uuid,
+    token: Uuid,
+    delay_secs: f64,
+) -> sqlx::Result<Option<Charge>> {
+    sqlx::query_as(
+        "update charge set attempts = attempts + 1, locked_until = null, lease_token = null,
                 next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
-         where id = $1
+         where id = $1 and lease_token = $3
          returning *",
     )
     .bind(id)
     .bind(delay_secs)
-    .fetch_one(conn)
+    .bind(token)
+    .fetch_optional(conn)
+    .await
+}
+
+/// After a mandate's revocation: its pending charges that nobody is sending now end, never
+/// to be sent: `failed` (`mandate_revoked`) when Moment never saw them, `needs_review` when a
+/// send whose answer never came may have reached Moment. Returns each with its new status.
+pub async fn settle_revoked(
+    conn: impl PgExecutor<'_>,
+    mandate_id: Uuid,
+) -> sqlx::Result<Vec<(Uuid, ChargeStatus)>> {
+    sqlx::query_as(
+        "update charge set
+                status = case when sends = 0 then 'failed' else 'needs_review' end,
+                failure = case when sends = 0 then jsonb_build_object('code', 'mandate_revoked',
+                    'message', 'the mandate was revoked before the charge was sent') else failure end,
+                review_reason = case when sends = 0 then review_reason else jsonb_build_object(
+                    'code', 'mandate_revoked_outcome_unknown',
+                    'message', 'the mandate was revoked after a send whose answer never came; it is not sent again') end,
+                locked_until = null, lease_token = null, next_attempt_at = null, updated_at = now()
+         where mandate_id = $1 and status = 'pending'
+           and coalesce(locked_until, '-infinity') < now()
+         returning id, status",
+    )
+    .bind(mandate_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// Ends the pending charges that nobody holds and that Moment's idempotency window
+/// (`window_secs` after each was recorded) has left behind: they can never be sent again
+/// safely. `failed` (`send_window_passed`) when Moment never saw them, `needs_review` when it
+/// may have. Returns how many.
+pub async fn close_past_window(conn: impl PgExecutor<'_>, window_secs: f64) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "update charge set
+                status = case when sends = 0 then 'failed' else 'needs_review' end,
+                failure = case when sends = 0 then jsonb_build_object('code', 'send_window_passed',
+                    'message', 'the charge could not be sent within Moment''s 24-hour idempotency window') else failure end,
+                review_reason = case when sends = 0 then review_reason else jsonb_build_object(
+                    'code', 'idempotency_window_passed',
+                    'message', 'Moment forgets the charge''s idempotency key after 24 hours, so it cannot be sent again safely; look it up at Moment') end,
+                locked_until = null, lease_token = null, next_attempt_at = null, updated_at = now()
+         where status = 'pending' and coalesce(locked_until, '-infinity') < now()
+           and created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(window_secs)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The mandate's charges still open (`pending`, `processing`, `needs_review`): what a
+/// revocation leaves to Moment or to their senders.
+pub async fn open_for_mandate(
+    conn: impl PgExecutor<'_>,
+    mandate_id: Uuid,
+) -> sqlx::Result<Vec<Charge>> {
+    sqlx::query_as(
+        "select * from charge where mandate_id = $1
+           and status in ('pending', 'processing', 'needs_review')
+         order by id",
+    )
+    .bind(mandate_id)
+    .fetch_all(conn)
     .await
 }
 
@@ -196,32 +351,45 @@ pub async fn store_response(
     Ok(())
 }
 
-/// The forward-only update of a charge transition, `$1`–`$6` as bound by
-/// [`bind_transition`]; the record is found as in `mandates::APPLY_UPDATE`, and it moves to
-/// `$3` only from one of `$6`. The webhook statement (`store::webhook_events::CHARGE_WEBHOOK`)
-/// runs the very same update.
-pub const APPLY_UPDATE: &str = "update charge set status = $3, session_id = coalesce(session_id, $2),
-                payment_id = coalesce($4, payment_id), failure = coalesce($5, failure),
-                next_attempt_at = null, updated_at = now()
-         where id = coalesce($1, (select id from charge where session_id = $2)) and status = any($6)";
+/// The forward-only move of a charge by a session snapshot, `$1`–`$8` as bound by
+/// [`bind_transition`]. The record (`ours`) is found as in `mandates::APPLY`; it moves to `$3`
+/// only from one of `$6`, so a late or replayed older snapshot never takes it back, and only
+/// when the snapshot is its own: the same session once it has one (`$2`), the same amount
+/// (`$7`) and currency (`$8`) when the snapshot says. Returns the charge and the status it
+/// was in (`was`: a `failed` charge that Moment reports paid is worth a warning). The
+/// webhook statement (`store::webhook_events::CHARGE_WEBHOOK`) runs the very same update.
+pub const APPLY: &str = "with ours as (select id, status from charge where id = coalesce($1, (select id from charge where session_id = $2)))
+    update charge c set status = $3, session_id = coalesce(c.session_id, $2),
+           payment_id = coalesce($4, c.payment_id),
+           failure = case when $3 = 'succeeded' then null else coalesce($5, c.failure) end,
+           review_reason = null, next_attempt_at = null, updated_at = now()
+    from ours
+    where c.id = ours.id and c.status = any($6)
+      and (c.session_id is null or c.session_id = $2)
+      and ($7::bigint is null or c.amount = $7) and ($8::text is null or c.currency = $8)
+    returning c.*, ours.status as was";
 
-/// Applies a session's transition to the charge it belongs to; see `mandates::apply`.
+/// A record moved by a snapshot, and the status it was in.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Moved<T> {
+    #[sqlx(flatten)]
+    pub record: T,
+    pub was: String,
+}
+
+/// Applies a session's transition to the charge it belongs to. Returns the charge when the
+/// transition moved it; `Ok(None)` when it did not (already further along, not its own
+/// snapshot, or unknown).
 pub async fn apply(
     conn: impl PgExecutor<'_>,
     t: &Transition<ChargeStatus>,
-) -> sqlx::Result<Option<Charge>> {
-    let sql = "update charge set status = $3, session_id = coalesce(session_id, $2),
-                payment_id = coalesce($4, payment_id), failure = coalesce($5, failure),
-                next_attempt_at = null, updated_at = now()
-         where id = coalesce($1, (select id from charge where session_id = $2)) and status = any($6)
-         returning *";
-    debug_assert!(sql.starts_with(APPLY_UPDATE));
-    bind_transition(sqlx::query_as(sql), t)
+) -> sqlx::Result<Option<Moved<Charge>>> {
+    bind_transition(sqlx::query_as(APPLY), t)
         .fetch_optional(conn)
         .await
 }
 
-/// Binds `$1`–`$6` of [`APPLY_UPDATE`].
+/// Binds `$1`–`$8` of [`APPLY`].
 pub(crate) fn bind_transition<'q, O>(
     q: QueryAs<'q, Postgres, O, PgArguments>,
     t: &'q Transition<ChargeStatus>,
@@ -233,6 +401,8 @@ pub(crate) fn bind_transition<'q, O>(
         .bind(&t.payment_id)
         .bind(t.failure.as_ref().map(Json))
         .bind(from)
+        .bind(t.amount)
+        .bind(&t.currency)
 }
 
 /// Whether a charge matching the transition's id or session exists.
@@ -274,8 +444,9 @@ pub async fn list(conn: impl PgExecutor<'_>, f: &Filter) -> sqlx::Result<Vec<Cha
     q.build_query_as().fetch_all(conn).await
 }
 
-/// Claims `processing` charges whose completion webhook has not come for `quiet_secs`, so that
-/// the reconciler fetches their session; each is then left alone for another `quiet_secs`.
+/// Claims `processing` and `needs_review` charges with a session whose completion webhook has
+/// not come for `quiet_secs`, so that the reconciler fetches their session; each is then left
+/// alone for another `quiet_secs`.
 pub async fn claim_quiet(
     conn: impl PgExecutor<'_>,
     limit: i64,
@@ -285,7 +456,7 @@ pub async fn claim_quiet(
         "update charge set locked_until = now() + make_interval(secs => $2)
          where id in (
              select id from charge
-             where status = 'processing' and session_id is not null
+             where status in ('processing', 'needs_review') and session_id is not null
                and coalesce(locked_until, '-infinity') < now()
                and updated_at < now() - make_interval(secs => $2)
              order by updated_at

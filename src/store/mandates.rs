@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::domain::{Mandate, MandateStatus, Transition};
 use crate::moment::wire::Session;
 use crate::store::Recorded;
+use crate::store::charges::Moved;
 
 /// A mandate as the merchant asked for it.
 pub struct NewMandate<'a> {
@@ -139,36 +140,38 @@ pub async fn fail(
     .await
 }
 
-/// The forward-only update of a mandate transition, `$1`–`$8` as bound by
-/// [`bind_transition`]: the record is ours by id when Moment echoed it as `external_reference`
-/// (`$1`), otherwise the one holding the session (`$2`), and it moves to `$3` only from one
-/// of `$8`, so a late or replayed older snapshot never takes it back. The webhook statement
+/// The forward-only move of a mandate by a session snapshot, `$1`–`$10` as bound by
+/// [`bind_transition`]. The record (`ours`) is ours by id when Moment echoed it as
+/// `external_reference` (`$1`), otherwise the one holding the session (`$2`). It moves to
+/// `$3` only from one of `$8`, so a late or replayed older snapshot never takes it back, and
+/// only when the snapshot is its own: the same session once it has one, the same amount
+/// (`$9`) and currency (`$10`) when the snapshot says. The webhook statement
 /// (`store::webhook_events::MANDATE_WEBHOOK`) runs the very same update.
-pub const APPLY_UPDATE: &str = "update mandate set status = $3, session_id = coalesce(session_id, $2),
-                customer_id = coalesce($4, customer_id), payment_method_id = coalesce($5, payment_method_id),
-                payment_id = coalesce($6, payment_id), failure = coalesce($7, failure),
-                locked_until = null, updated_at = now()
-         where id = coalesce($1, (select id from mandate where session_id = $2)) and status = any($8)";
+pub const APPLY: &str = "with ours as (select id, status from mandate where id = coalesce($1, (select id from mandate where session_id = $2)))
+    update mandate m set status = $3, session_id = coalesce(m.session_id, $2),
+           customer_id = coalesce($4, m.customer_id),
+           payment_method_id = coalesce($5, m.payment_method_id),
+           payment_id = coalesce($6, m.payment_id), failure = coalesce($7, m.failure),
+           locked_until = null, updated_at = now()
+    from ours
+    where m.id = ours.id and m.status = any($8)
+      and (m.session_id is null or m.session_id = $2)
+      and ($9::bigint is null or m.amount = $9) and ($10::text is null or m.currency = $10)
+    returning m.*, ours.status as was";
 
 /// Applies a session's transition to the mandate it belongs to. Returns the mandate when the
-/// transition moved it; `Ok(None)` when it did not move (already further along, or unknown).
+/// transition moved it; `Ok(None)` when it did not (already further along, not its own
+/// snapshot, or unknown).
 pub async fn apply(
     conn: impl PgExecutor<'_>,
     t: &Transition<MandateStatus>,
-) -> sqlx::Result<Option<Mandate>> {
-    let sql = "update mandate set status = $3, session_id = coalesce(session_id, $2),
-                customer_id = coalesce($4, customer_id), payment_method_id = coalesce($5, payment_method_id),
-                payment_id = coalesce($6, payment_id), failure = coalesce($7, failure),
-                locked_until = null, updated_at = now()
-         where id = coalesce($1, (select id from mandate where session_id = $2)) and status = any($8)
-         returning *";
-    debug_assert!(sql.starts_with(APPLY_UPDATE));
-    bind_transition(sqlx::query_as(sql), t)
+) -> sqlx::Result<Option<Moved<Mandate>>> {
+    bind_transition(sqlx::query_as(APPLY), t)
         .fetch_optional(conn)
         .await
 }
 
-/// Binds `$1`–`$8` of [`APPLY_UPDATE`].
+/// Binds `$1`–`$10` of [`APPLY`].
 pub(crate) fn bind_transition<'q, O>(
     q: QueryAs<'q, Postgres, O, PgArguments>,
     t: &'q Transition<MandateStatus>,
@@ -182,6 +185,8 @@ pub(crate) fn bind_transition<'q, O>(
         .bind(&t.payment_id)
         .bind(t.failure.as_ref().map(Json))
         .bind(from)
+        .bind(t.amount)
+        .bind(&t.currency)
 }
 
 /// Whether a mandate matching the transition's id or session exists.
@@ -206,6 +211,25 @@ pub async fn revoke(conn: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<
          returning *",
     )
     .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Takes the right to fetch a pending mandate's session on the customer's return, at most
+/// once every `every_secs` across every replica. `None` when it was fetched more recently.
+pub async fn claim_refresh(
+    conn: impl PgExecutor<'_>,
+    id: Uuid,
+    every_secs: f64,
+) -> sqlx::Result<Option<Mandate>> {
+    sqlx::query_as(
+        "update mandate set refreshed_at = now()
+         where id = $1 and status = 'pending' and session_id is not null
+           and coalesce(refreshed_at, '-infinity') < now() - make_interval(secs => $2)
+         returning *",
+    )
+    .bind(id)
+    .bind(every_secs)
     .fetch_optional(conn)
     .await
 }

@@ -2,15 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{events, lease_secs, refusal};
+use super::{events, refusal};
 use crate::api::ChargeResponse;
 use crate::domain::{Charge, ChargeStatus, MandateStatus};
 use crate::error::ApiError;
-use crate::moment::MomentError;
-use crate::moment::wire::{CreateSessionRequest, SessionOptions, SessionType};
+use crate::moment::Attempt;
+use crate::moment::wire::{CreateSessionRequest, Session, SessionOptions, SessionType};
 use crate::state::AppState;
 use crate::store::charges::{self, NewCharge};
 use crate::store::mandates;
@@ -46,6 +46,7 @@ pub async fn create(
     hash: String,
 ) -> Result<Answer, ApiError> {
     // The usual case costs one statement: the charge is recorded with the mandate's checks.
+    let token = Uuid::new_v4();
     let new = NewCharge {
         id: Uuid::now_v7(),
         mandate_id: req.mandate_id,
@@ -55,7 +56,8 @@ pub async fn create(
         metadata: &req.metadata,
         idempotency_key: &key,
         request_hash: &hash,
-        lease_secs: lease_secs(state),
+        lease_secs: send_lease_secs(state),
+        lease_token: token,
     };
     let Some(charge) = charges::insert(&state.db, &new).await? else {
         // A retry under a known key, or a mandate that does not qualify: say which.
@@ -65,7 +67,7 @@ pub async fn create(
         return Err(refuse(state, &req).await?);
     };
     tracing::info!(charge_id = %charge.id, mandate_id = %charge.mandate_id, "charge recorded");
-    let charge = send(state, charge).await?;
+    let charge = send(state, charge, token).await?;
     answer(state, &charge, false).await
 }
 
@@ -108,14 +110,16 @@ async fn resume(state: &AppState, existing: Charge, hash: &str) -> Result<Answer
         });
     }
     // The first answer was "outcome unknown" (202), or the first request died before
-    // answering: finish the job under the same Moment key.
+    // answering: finish the job under the same Moment key, if it still may be sent (`send`
+    // checks the mandate and Moment's idempotency window before calling Moment).
     if existing.status != ChargeStatus::Pending {
         return answer(state, &existing, true).await;
     }
-    let claimed = charges::claim(&state.db, existing.id, lease_secs(state))
+    let token = Uuid::new_v4();
+    let claimed = charges::claim(&state.db, existing.id, send_lease_secs(state), token)
         .await?
         .ok_or(ApiError::IdempotencyInFlight)?;
-    let charge = send(state, claimed).await?;
+    let charge = send(state, claimed, token).await?;
     answer(state, &charge, true).await
 }
 
@@ -130,9 +134,27 @@ async fn answer(state: &AppState, charge: &Charge, replayed: bool) -> Result<Ans
     })
 }
 
-/// Sends a charge the caller holds the lease of to Moment, under the charge's own key, and
-/// records what came of it. Moment's silence leaves it pending, to be sent again later.
-pub async fn send(state: &AppState, charge: Charge) -> sqlx::Result<Charge> {
+/// How long one send holds a charge (seconds): twice one attempt's timeout, and a margin.
+/// The lease is renewed right before each attempt, so it covers one attempt at a time.
+pub fn send_lease_secs(state: &AppState) -> f64 {
+    2.0 * state.moment.attempt_timeout().as_secs_f64() + 5.0
+}
+
+/// What the charge's send came to, for the record.
+fn reason(code: &str, message: &str) -> Value {
+    json!({ "code": code, "message": message })
+}
+
+/// Sends a charge the caller holds the lease of (`token`) to Moment, under the charge's own
+/// key, and records what came of it.
+///
+/// Before each attempt the lease is renewed and the send counted in one statement that also
+/// checks the charge may still be sent: still pending, its mandate still active, and within
+/// Moment's idempotency window. After a send whose outcome is unknown, nothing is taken for a
+/// refusal but a clean one (400, 402, 422) of the first send, or one Moment replays; a
+/// replayed error is final (Moment repeats it for 24 h). Moment's silence leaves the charge
+/// pending, to be sent again later, after any `Retry-After`.
+pub async fn send(state: &AppState, mut charge: Charge, token: Uuid) -> sqlx::Result<Charge> {
     let id = charge.id.to_string();
     let req = CreateSessionRequest {
         kind: SessionType::NextInSeries,
@@ -145,33 +167,199 @@ pub async fn send(state: &AppState, charge: Charge) -> sqlx::Result<Charge> {
         external_reference: Some(id.clone()),
         metadata: charge.metadata.0.clone(),
     };
-    match state.moment.create_session(&req, &id).await {
-        Ok(session) => {
-            let recorded = charges::record_session(&state.db, charge.id, &session).await?;
-            let (mut recorded, waiting) = (recorded.record, recorded.webhook_waiting);
-            tracing::info!(charge_id = %id, session_id = %session.id, "charge accepted by Moment");
-            // The answer may already carry the outcome, and a webhook may have beaten us here.
-            let moved =
-                events::apply_snapshot(&state.db, &session).await? == events::Applied::Moved;
-            let applied =
-                waiting && events::apply_deferred(&state.db, Some(&session.id)).await? > 0;
-            if applied || moved {
-                recorded = charges::by_id(&state.db, charge.id)
-                    .await?
-                    .unwrap_or(recorded);
+    let policy = state.moment.policy();
+    let mut attempt = 1;
+    loop {
+        let lease = send_lease_secs(state);
+        match charges::begin_send(&state.db, charge.id, token, lease, RESEND_WINDOW_SECS).await? {
+            Some(c) => charge = c,
+            None => return unsendable(state, charge.id, token).await,
+        }
+        let (reason_text, retry_after, replayed) =
+            match state.moment.create_session_once(&req, &id).await {
+                Attempt::Session { session, .. } => {
+                    return accepted(state, &charge, token, &session).await;
+                }
+                Attempt::Refused {
+                    status,
+                    problem,
+                    replayed,
+                } if replayed || charge.sends == 1 => {
+                    tracing::warn!(charge_id = %id, status, replayed, "charge refused by Moment");
+                    let failure = refusal(status, &problem);
+                    let failed = charges::fail(&state.db, charge.id, token, &failure).await?;
+                    return settled(state, charge.id, failed).await;
+                }
+                Attempt::Refused { status, .. } => {
+                    // A refusal after a send whose outcome is unknown may be of a request that
+                    // already took effect: the outcome stays unknown.
+                    (
+                        format!("HTTP {status} after an unanswered send"),
+                        None,
+                        false,
+                    )
+                }
+                Attempt::Unknown {
+                    reason,
+                    retry_after,
+                    replayed,
+                    ..
+                } => (reason, retry_after, replayed),
+            };
+        if replayed {
+            tracing::warn!(charge_id = %id, reason = reason_text, "Moment replays an error for this charge; it needs review");
+            let review = reason(
+                "moment_replayed_error",
+                &format!(
+                    "Moment answers {reason_text} for this charge's key, and will for 24 hours"
+                ),
+            );
+            let marked = charges::needs_review(&state.db, charge.id, token, &review);
+            return settled(state, charge.id, marked.await?).await;
+        }
+        let wait = state.moment.backoff(attempt, retry_after);
+        match wait {
+            Some(wait) if attempt < policy.max_attempts => {
+                // Hold the charge through the wait, so that nobody else sends meanwhile.
+                let held = wait.as_secs_f64() + send_lease_secs(state);
+                if !charges::hold(&state.db, charge.id, token, held).await? {
+                    return current(state, charge.id).await;
+                }
+                tokio::time::sleep(wait).await;
+                attempt += 1;
             }
-            Ok(recorded)
-        }
-        Err(MomentError::Rejected { status, problem }) => {
-            tracing::warn!(charge_id = %id, status, "charge refused by Moment");
-            charges::fail(&state.db, charge.id, &refusal(status, &problem)).await
-        }
-        Err(MomentError::Unavailable(reason)) => {
-            let delay = resend_delay(charge.attempts);
-            tracing::warn!(charge_id = %id, reason, delay_secs = delay, "charge outcome unknown; will resend");
-            charges::defer(&state.db, charge.id, delay).await
+            _ => {
+                let delay =
+                    resend_delay(charge.attempts).max(retry_after.map_or(0.0, |d| d.as_secs_f64()));
+                tracing::warn!(charge_id = %id, reason = reason_text, delay_secs = delay, "charge outcome unknown; will resend");
+                let deferred = charges::defer(&state.db, charge.id, token, delay);
+                return settled(state, charge.id, deferred.await?).await;
+            }
         }
     }
+}
+
+/// The charge as it is now (after a fenced write found the lease taken over).
+async fn current(state: &AppState, id: Uuid) -> sqlx::Result<Charge> {
+    charges::by_id(&state.db, id)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)
+}
+
+/// The fenced write's result, or the charge as it is now when the lease was no longer ours.
+async fn settled(state: &AppState, id: Uuid, written: Option<Charge>) -> sqlx::Result<Charge> {
+    match written {
+        Some(c) => Ok(c),
+        None => {
+            tracing::info!(charge_id = %id, "the charge's lease was taken over; leaving it to its holder");
+            current(state, id).await
+        }
+    }
+}
+
+/// Moment has a session for the charge: record it, unless it is not the charge's own.
+async fn accepted(
+    state: &AppState,
+    charge: &Charge,
+    token: Uuid,
+    session: &Session,
+) -> sqlx::Result<Charge> {
+    let id = charge.id.to_string();
+    if let Some(what) = mismatch(charge, session, state.moment.mode()) {
+        tracing::warn!(charge_id = %id, session_id = %session.id, what, "Moment's answer does not match the charge; it needs review");
+        let review = reason(
+            "moment_answer_mismatch",
+            &format!("Moment answered with a session whose {what} is not the charge's"),
+        );
+        let marked = charges::needs_review(&state.db, charge.id, token, &review);
+        return settled(state, charge.id, marked.await?).await;
+    }
+    let Some(recorded) = charges::record_session(&state.db, charge.id, token, session).await?
+    else {
+        return current(state, charge.id).await;
+    };
+    let (mut recorded, waiting) = (recorded.record, recorded.webhook_waiting);
+    tracing::info!(charge_id = %id, session_id = %session.id, "charge accepted by Moment");
+    // The answer may already carry the outcome, and a webhook may have beaten us here.
+    let moved = events::apply_snapshot(&state.db, session).await? == events::Applied::Moved;
+    let applied = waiting && events::apply_deferred(&state.db, Some(&session.id)).await? > 0;
+    if applied || moved {
+        recorded = charges::by_id(&state.db, charge.id)
+            .await?
+            .unwrap_or(recorded);
+    }
+    Ok(recorded)
+}
+
+/// What in Moment's answer is not the charge's: its reference, mode, amount or currency.
+fn mismatch(charge: &Charge, session: &Session, mode: &str) -> Option<&'static str> {
+    let id = charge.id.to_string();
+    if session
+        .external_reference
+        .as_deref()
+        .is_some_and(|r| r != id)
+    {
+        Some("external_reference")
+    } else if session.mode.as_deref().is_some_and(|m| m != mode) {
+        Some("mode")
+    } else if session.amount.is_some_and(|a| a != charge.amount) {
+        Some("amount")
+    } else if session
+        .currency
+        .as_deref()
+        .is_some_and(|c| c != charge.currency)
+    {
+        Some("currency")
+    } else {
+        None
+    }
+}
+
+/// `begin_send` refused: the charge settled meanwhile, its lease was taken over, its mandate
+/// is no longer active, or Moment's idempotency window has passed. Nothing is sent; a charge
+/// Moment never saw fails, one it may have seen needs review.
+async fn unsendable(state: &AppState, id: Uuid, token: Uuid) -> sqlx::Result<Charge> {
+    let charge = current(state, id).await?;
+    if charge.status != ChargeStatus::Pending || charge.lease_token != Some(token) {
+        return Ok(charge);
+    }
+    let mandate_active = mandates::by_id(&state.db, charge.mandate_id)
+        .await?
+        .is_some_and(|m| m.status == MandateStatus::Active);
+    let written = match (mandate_active, charge.sends) {
+        (false, 0) => {
+            tracing::info!(charge_id = %id, "the mandate is no longer active; the charge is not sent");
+            let failure = reason(
+                "mandate_revoked",
+                "the mandate was revoked before the charge was sent",
+            );
+            charges::fail(&state.db, id, token, &failure).await?
+        }
+        (false, _) => {
+            tracing::warn!(charge_id = %id, "the mandate is no longer active after a send whose answer never came; the charge needs review");
+            let review = reason(
+                "mandate_revoked_outcome_unknown",
+                "the mandate was revoked after a send whose answer never came; it is not sent again",
+            );
+            charges::needs_review(&state.db, id, token, &review).await?
+        }
+        (true, 0) => {
+            let failure = reason(
+                "send_window_passed",
+                "the charge could not be sent within Moment's 24-hour idempotency window",
+            );
+            charges::fail(&state.db, id, token, &failure).await?
+        }
+        (true, _) => {
+            tracing::warn!(charge_id = %id, "Moment's idempotency window has passed with the outcome unknown; the charge needs review");
+            let review = reason(
+                "idempotency_window_passed",
+                "Moment forgets the charge's idempotency key after 24 hours, so it cannot be sent again safely; look it up at Moment",
+            );
+            charges::needs_review(&state.db, id, token, &review).await?
+        }
+    };
+    settled(state, id, written).await
 }
 
 /// Seconds before the worker resends a charge after `attempts` unanswered sends: 5 s

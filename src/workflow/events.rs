@@ -1,6 +1,7 @@
 //! Applying Moment session snapshots, from webhooks, fetches and create answers alike.
 
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use crate::domain::Effect;
 use crate::moment::wire::{Event, Session};
@@ -23,6 +24,7 @@ pub async fn apply(conn: &mut PgConnection, effect: &Effect) -> sqlx::Result<App
     let (moved, exists) = match effect {
         Effect::Mandate(t) => match mandates::apply(&mut *conn, t).await? {
             Some(m) => {
+                let m = m.record;
                 tracing::info!(mandate_id = %m.id, status = %m.status, "mandate updated");
                 (true, true)
             }
@@ -30,6 +32,8 @@ pub async fn apply(conn: &mut PgConnection, effect: &Effect) -> sqlx::Result<App
         },
         Effect::Charge(t) => match charges::apply(&mut *conn, t).await? {
             Some(c) => {
+                paid_after_failure(c.record.id, &c.was, c.record.status.as_str());
+                let c = c.record;
                 tracing::info!(charge_id = %c.id, status = %c.status, "charge updated");
                 (true, true)
             }
@@ -43,12 +47,41 @@ pub async fn apply(conn: &mut PgConnection, effect: &Effect) -> sqlx::Result<App
     })
 }
 
-/// The session carried by a `payment_session.*` event, if it is one.
-fn session_of(event: &Event) -> Option<Session> {
-    if !event.kind.starts_with("payment_session.") {
-        return None;
+/// Moment is the source of truth for money moved: a charge we had marked `failed` that
+/// Moment reports paid is now `succeeded`. Worth a warning and a count: something we took for
+/// a refusal was not one.
+fn paid_after_failure(id: Uuid, was: &str, now: &str) {
+    if was == "failed" && now == "succeeded" {
+        tracing::warn!(charge_id = %id, "Moment reports a payment for a charge marked failed; it is now succeeded");
+        crate::metrics::charge_paid_after_failure();
     }
-    serde_json::from_value(event.data.clone()).ok()
+}
+
+/// What a verified event carries for us.
+enum Carried {
+    /// Not a `payment_session.*` event.
+    Nothing,
+    /// A `payment_session.*` event whose `data` is not a session we can read.
+    Unreadable(String),
+    Session(Session),
+}
+
+fn carried(event: &Event) -> Carried {
+    if !event.kind.starts_with("payment_session.") {
+        return Carried::Nothing;
+    }
+    match serde_json::from_value(event.data.clone()) {
+        Ok(session) => Carried::Session(session),
+        Err(e) => Carried::Unreadable(e.to_string()),
+    }
+}
+
+/// The session carried by a `payment_session.*` event, if it is one we can read.
+fn session_of(event: &Event) -> Option<Session> {
+    match carried(event) {
+        Carried::Session(s) => Some(s),
+        _ => None,
+    }
 }
 
 /// What became of a verified delivery.
@@ -59,58 +92,106 @@ pub enum Receipt {
 }
 
 /// Stores a verified delivery once (by `webhook-id`) and applies it, in one statement.
+/// `mode` is our key's (`live` or `test`): an event of the other mode moves nothing.
 pub async fn receive(
     db: &PgPool,
     webhook_id: &str,
     payload: &str,
     event: &Event,
+    mode: &str,
 ) -> sqlx::Result<Receipt> {
-    let session = session_of(event);
+    let carried = carried(event);
+    let session = match &carried {
+        Carried::Session(s) => Some(s),
+        _ => None,
+    };
     let new = NewEvent {
         webhook_id,
         event_id: event.id.as_deref(),
         event_type: &event.kind,
-        session_id: session.as_ref().map(|s| s.id.as_str()),
-        external_reference: session
-            .as_ref()
-            .and_then(|s| s.external_reference.as_deref()),
+        session_id: session.map(|s| s.id.as_str()),
+        external_reference: session.and_then(|s| s.external_reference.as_deref()),
         payload,
     };
-    let recorded = match session.as_ref().and_then(Effect::of) {
-        None => webhook_events::record_ignored(db, &new).await?,
-        Some(effect) => webhook_events::record(db, &new, &effect).await?,
+    let effect = session.and_then(Effect::of);
+    let recorded = match (&carried, effect) {
+        (Carried::Unreadable(reason), _) => {
+            tracing::warn!(
+                webhook_id,
+                event_type = event.kind,
+                reason,
+                "a verified event's session cannot be read; stored as unreadable"
+            );
+            webhook_events::record_unapplied(db, &new, Outcome::Unreadable).await?
+        }
+        (Carried::Session(s), Some(_)) if s.mode.as_deref().is_some_and(|m| m != mode) => {
+            webhook_events::record_unapplied(db, &new, Outcome::Mismatch).await?
+        }
+        (_, None) => webhook_events::record_unapplied(db, &new, Outcome::Ignored).await?,
+        (_, Some(effect)) => webhook_events::record(db, &new, &effect).await?,
     };
     Ok(match recorded {
         None => Receipt::Duplicate,
         Some(r) => {
             if let Some(id) = r.moved {
+                if let (Some(was), Some(Effect::Charge(t))) = (&r.was, session.and_then(Effect::of))
+                {
+                    paid_after_failure(id, was, t.to.as_str());
+                }
                 tracing::info!(record_id = %id, event_type = event.kind, "moved by webhook");
+            }
+            if r.outcome == Outcome::Mismatch {
+                tracing::warn!(
+                    webhook_id,
+                    event_type = event.kind,
+                    "the event names a record of ours it does not match (session, mode, amount or currency); not applied"
+                );
             }
             Receipt::Stored(r.outcome)
         }
     })
 }
 
-/// Applies deferred events whose session is now known: those of `session_id`, or any.
+/// Deferred events applied per transaction, and pages looked at in one worker run at most.
+const DEFERRED_PAGE: i64 = 100;
+const DEFERRED_PAGES: usize = 50;
+
+/// Applies deferred events whose session is now known: those of `session_id`, or any, page by
+/// page, oldest first, so that events that still wait never keep newer ones from their turn.
 /// Returns how many were applied.
 pub async fn apply_deferred(db: &PgPool, session_id: Option<&str>) -> sqlx::Result<usize> {
-    let mut tx = db.begin().await?;
-    let events = webhook_events::lock_deferred(&mut *tx, session_id, 100).await?;
     let mut applied = 0;
-    for e in &events {
-        let effect = serde_json::from_str::<Event>(&e.payload)
-            .ok()
-            .as_ref()
-            .and_then(session_of)
-            .as_ref()
-            .and_then(Effect::of);
-        let Some(effect) = effect else { continue };
-        if apply(&mut tx, &effect).await? != Applied::Unknown {
-            webhook_events::mark_applied(&mut *tx, &e.webhook_id).await?;
-            applied += 1;
+    let mut after: Option<(time::OffsetDateTime, String)> = None;
+    for _ in 0..DEFERRED_PAGES {
+        let mut tx = db.begin().await?;
+        let page = webhook_events::lock_deferred(
+            &mut *tx,
+            session_id,
+            after.as_ref().map(|(at, id)| (*at, id.as_str())),
+            DEFERRED_PAGE,
+        )
+        .await?;
+        for e in &page {
+            let effect = serde_json::from_str::<Event>(&e.payload)
+                .ok()
+                .as_ref()
+                .and_then(session_of)
+                .as_ref()
+                .and_then(Effect::of);
+            let Some(effect) = effect else { continue };
+            if apply(&mut tx, &effect).await? != Applied::Unknown {
+                webhook_events::mark_applied(&mut *tx, &e.webhook_id).await?;
+                applied += 1;
+            }
+        }
+        tx.commit().await?;
+        match page.last() {
+            Some(last) if page.len() as i64 == DEFERRED_PAGE => {
+                after = Some((last.received_at, last.webhook_id.clone()));
+            }
+            _ => break,
         }
     }
-    tx.commit().await?;
     if applied > 0 {
         tracing::info!(applied, "deferred webhook events applied");
     }

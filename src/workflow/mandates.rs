@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::{events, lease_secs, refusal};
-use crate::domain::{Mandate, MandateStatus};
+use crate::domain::{ChargeStatus, Mandate, MandateStatus};
 use crate::error::ApiError;
 use crate::moment::MomentError;
 use crate::moment::wire::{
     CheckoutOptions, CreateSessionRequest, NewCustomer, SessionOptions, SessionType,
 };
 use crate::state::AppState;
+use crate::store::charges;
 use crate::store::mandates::{self, NewMandate};
 
 /// A validated `POST /mandates`.
@@ -133,35 +134,108 @@ async fn open_session(state: &AppState, mandate: Mandate) -> Result<Mandate, Api
         Err(MomentError::Rejected { status, problem }) => {
             Ok(mandates::fail(&state.db, mandate.id, &refusal(status, &problem)).await?)
         }
-        Err(MomentError::Unavailable(_)) => {
+        Err(MomentError::Unavailable { .. }) => {
             mandates::release(&state.db, mandate.id).await?;
             Err(ApiError::MomentUnavailable)
         }
     }
 }
 
+/// A revoked mandate, and what became of its open charges.
+pub struct Revoked {
+    pub mandate: Mandate,
+    /// Never sent to Moment: failed with `mandate_revoked`.
+    pub failed: Vec<Uuid>,
+    /// Sent, with the outcome unknown: not sent again; `needs_review` unless Moment settles
+    /// them by webhook or reconciliation.
+    pub needs_review: Vec<Uuid>,
+    /// Being sent at this moment by a request or the worker: the send in flight completes
+    /// (Moment answers it, and it becomes `processing`) or the charge ends as above.
+    pub in_flight: Vec<Uuid>,
+    /// Already at Moment (`processing`): Moment settles them; nothing here can stop them.
+    pub at_moment: Vec<Uuid>,
+}
+
+/// Revokes an active mandate (revoking a revoked one changes nothing) and stops its money:
+/// after this, nothing of the mandate is sent to Moment again, from any path, because every
+/// send checks the mandate right before it goes (`store::charges::begin_send`).
+pub async fn revoke(state: &AppState, id: Uuid) -> Result<Revoked, ApiError> {
+    let Some(mandate) = mandates::revoke(&state.db, id).await? else {
+        return Err(match mandates::by_id(&state.db, id).await? {
+            Some(m) => ApiError::Conflict(format!(
+                "only an active mandate can be revoked; this one is {}",
+                m.status
+            )),
+            None => ApiError::NotFound("mandate"),
+        });
+    };
+    let settled = charges::settle_revoked(&state.db, id).await?;
+    let mut out = Revoked {
+        mandate,
+        failed: Vec::new(),
+        needs_review: Vec::new(),
+        in_flight: Vec::new(),
+        at_moment: Vec::new(),
+    };
+    for (charge_id, status) in settled {
+        match status {
+            ChargeStatus::Failed => out.failed.push(charge_id),
+            _ => out.needs_review.push(charge_id),
+        }
+    }
+    for c in charges::open_for_mandate(&state.db, id).await? {
+        match c.status {
+            ChargeStatus::Pending => out.in_flight.push(c.id),
+            ChargeStatus::Processing => out.at_moment.push(c.id),
+            ChargeStatus::NeedsReview if !out.needs_review.contains(&c.id) => {
+                out.needs_review.push(c.id)
+            }
+            _ => {}
+        }
+    }
+    tracing::info!(
+        mandate_id = %id,
+        failed = out.failed.len(),
+        needs_review = out.needs_review.len(),
+        in_flight = out.in_flight.len(),
+        at_moment = out.at_moment.len(),
+        "mandate revoked"
+    );
+    Ok(out)
+}
+
+/// The customer's return fetches a mandate's session from Moment at most once in this many
+/// seconds, however often the return is hit.
+pub const REFRESH_EVERY_SECS: f64 = 5.0;
+
 /// On the customer's return: fetch the session from Moment and apply it exactly as its
-/// webhook would. Moment's silence leaves the mandate as it is.
+/// webhook would, at most once per mandate every `REFRESH_EVERY_SECS` (on any replica) and
+/// with a bounded number of fetches in flight; otherwise, and when Moment is silent, the
+/// mandate is answered as it is.
 pub async fn refresh(state: &AppState, id: Uuid) -> Result<Mandate, ApiError> {
-    let mandate = mandates::by_id(&state.db, id)
-        .await?
-        .ok_or(ApiError::NotFound("mandate"))?;
-    let Some(session_id) = mandate
-        .session_id
-        .as_deref()
-        .filter(|_| mandate.status == MandateStatus::Pending)
-    else {
+    let Some(mandate) = mandates::by_id(&state.db, id).await? else {
+        return Err(ApiError::NotFound("mandate"));
+    };
+    if mandate.status != MandateStatus::Pending || mandate.session_id.is_none() {
+        return Ok(mandate);
+    }
+    let Ok(_slot) = state.return_fetches.try_acquire() else {
+        tracing::info!(mandate_id = %id, "too many checkout returns in flight; answering without asking Moment");
         return Ok(mandate);
     };
-    match state.moment.get_session(session_id).await {
+    let Some(claimed) = mandates::claim_refresh(&state.db, id, REFRESH_EVERY_SECS).await? else {
+        return Ok(mandate);
+    };
+    let session_id = claimed.session_id.clone().unwrap_or_default();
+    match state.moment.get_session(&session_id).await {
         Ok(session) => {
             if events::apply_snapshot(&state.db, &session).await? == events::Applied::Moved {
-                return Ok(mandates::by_id(&state.db, id).await?.unwrap_or(mandate));
+                return Ok(mandates::by_id(&state.db, id).await?.unwrap_or(claimed));
             }
         }
         Err(e) => {
             tracing::warn!(mandate_id = %id, error = %e, "could not verify the checkout on return")
         }
     }
-    Ok(mandate)
+    Ok(claimed)
 }

@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use futures::future::join_all;
-use serde_json::json;
+use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
@@ -83,12 +83,13 @@ async fn a_declined_charge_fails_with_moments_reason_and_never_comes_back() {
         &completed_next_in_series(&charge, false),
     )
     .await;
-    // A replayed success of the same session must not resurrect it.
-    app.post_webhook(
-        "payment_session.completed",
-        &completed_next_in_series(&charge, true),
-    )
-    .await;
+    // A late, older snapshot of the same session (still active) must not take it back.
+    let mut older = completed_next_in_series(&charge, false);
+    older["status"] = json!("active");
+    older["payment_outcome"] = json!("pending");
+    older["payment_status"] = json!("pending");
+    older.as_object_mut().unwrap().remove("last_payment_error");
+    app.post_webhook("payment_session.updated", &older).await;
 
     let failed = app
         .get(&format!("/charges/{}", charge["id"].as_str().unwrap()))
@@ -101,6 +102,42 @@ async fn a_declined_charge_fails_with_moments_reason_and_never_comes_back() {
         failed["failure"]["message"],
         "The card was declined due to insufficient funds."
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_moment_reports_for_a_charge_marked_failed_makes_it_succeeded_and_is_counted() {
+    let app = TestApp::new().await;
+    let mandate = app.active_mandate().await;
+    let charge = app.charge(&mandate, "declined-then-paid").await.body;
+    let id = charge["id"].as_str().unwrap();
+    app.post_webhook(
+        "payment_session.completed",
+        &completed_next_in_series(&charge, false),
+    )
+    .await;
+    assert_eq!(
+        app.get(&format!("/charges/{id}")).await.body["status"],
+        "failed"
+    );
+    let counted = || async {
+        let text = app.metrics().await.body.as_str().unwrap().to_owned();
+        text.lines()
+            .find(|l| l.starts_with("charges_paid_after_failure_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = counted().await;
+
+    // Moment is the source of truth for money moved.
+    app.post_webhook(
+        "payment_session.completed",
+        &completed_next_in_series(&charge, true),
+    )
+    .await;
+    let now = app.get(&format!("/charges/{id}")).await.body;
+    assert_eq!(now["status"], "succeeded");
+    assert_eq!(now["failure"], Value::Null);
+    assert!(counted().await >= before + 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,6 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/webhooks/moment"),
     ("get", "/healthz"),
     ("get", "/readyz"),
-    ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("get", "/docs"),
 ];

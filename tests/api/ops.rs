@@ -64,7 +64,9 @@ async fn metrics_count_requests_webhooks_moment_calls_and_records() {
         .await;
     assert_eq!(forged.status, 401);
 
-    let resp = app.get_public("/metrics").await;
+    // Not on the API's listener: /metrics is served on its own.
+    assert_eq!(app.get_public("/metrics").await.status, 404);
+    let resp = app.metrics().await;
     assert_eq!(resp.status, 200);
     assert!(
         resp.header("content-type")
@@ -356,7 +358,8 @@ async fn the_binary_logs_json_and_stops_on_sigterm() {
         .env("MOMENT_API_URL", "http://127.0.0.1:9")
         .env("MOMENT_SECRET_KEY", "sk_test_sigterm")
         .env("MOMENT_WEBHOOK_SECRETS", WEBHOOK_SECRET)
-        .env("API_KEYS", "sigterm-key")
+        .env("API_KEYS", "sigterm-key-0123456789abcdef")
+        .env("METRICS_LISTEN_ADDR", "127.0.0.1:0")
         .env("SHUTDOWN_TIMEOUT_SECS", "5")
         .current_dir(std::env::temp_dir())
         .stdout(Stdio::null())

@@ -11,6 +11,9 @@ use crate::support::db::TestDb;
 use crate::support::process::{BIN, serve, shut_down};
 use moment_mandates::moment::signature::WebhookSecret;
 
+/// The webhook secret shipped in `.env.example` and `docker-compose.yml`.
+const EXAMPLE_SECRET: &str = "whsec_bG9jYWwtZGV2ZWxvcG1lbnQtb25seS1yZXBsYWNlLW1l";
+
 #[test]
 fn a_missing_or_malformed_setting_stops_the_process_with_one_line_naming_it() {
     let cases: &[(&[(&str, &str)], &str)] = &[
@@ -49,6 +52,23 @@ fn a_missing_or_malformed_setting_stops_the_process_with_one_line_naming_it() {
             ],
             "LISTEN_ADDR",
         ),
+        (
+            &[
+                ("MOMENT_SECRET_KEY", "sk_live_hush"),
+                ("MOMENT_WEBHOOK_SECRETS", EXAMPLE_SECRET),
+                ("API_KEYS", "a-long-enough-key-0123456789"),
+            ],
+            "MOMENT_WEBHOOK_SECRETS",
+        ),
+        (
+            &[
+                ("MOMENT_SECRET_KEY", "sk_test_hush"),
+                ("MOMENT_WEBHOOK_SECRETS", WEBHOOK_SECRET),
+                ("API_KEYS", "a-long-enough-key-0123456789"),
+                ("LISTEN_ADDR", "0.0.0.0:8080"),
+            ],
+            "PUBLIC_URL",
+        ),
     ];
     for (env, var) in cases {
         let out = Command::new(BIN)
@@ -63,7 +83,9 @@ fn a_missing_or_malformed_setting_stops_the_process_with_one_line_naming_it() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains(var), "{stderr}");
         assert!(
-            !stderr.contains("sk_test_hush") && !stderr.contains(WEBHOOK_SECRET),
+            !stderr.contains("_hush")
+                && !stderr.contains(WEBHOOK_SECRET)
+                && !stderr.contains(EXAMPLE_SECRET),
             "{stderr}"
         );
     }

@@ -20,7 +20,7 @@ use crate::support::db::TestDb;
 use wiremock::matchers::{body_partial_json, method, path, path_regex};
 use wiremock::{Mock, MockServer, Respond, ResponseTemplate};
 
-pub const API_KEY: &str = "test-key-0123456789";
+pub const API_KEY: &str = "test-key-0123456789abcdefgh";
 /// The Standard Webhooks vector A secret; `OLD_SECRET` (vector B) is configured beside it.
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const OLD_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
@@ -55,6 +55,8 @@ pub fn test_config(database_url: &str, moment_url: &str) -> Config {
     config.request_timeout = Duration::from_secs(30);
     config.worker_interval = Duration::from_millis(200);
     config.reconcile_after = Duration::from_secs(300);
+    // Short, so that leases derived from the longest call stay short too.
+    config.moment_max_retry_after = Duration::from_secs(2);
     config
 }
 
@@ -218,6 +220,23 @@ impl TestApp {
             status,
             headers,
             body,
+        }
+    }
+
+    /// `GET /metrics` on the metrics listener's router.
+    pub async fn metrics(&self) -> Reply {
+        let router = moment_mandates::app::metrics_router(self.state.clone());
+        let resp = router
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body: Value::String(String::from_utf8_lossy(&bytes).into()),
         }
     }
 
