@@ -106,7 +106,7 @@ async fn status_counts(state: &AppState, table: &'static str) -> sqlx::Result<Ve
 }
 
 /// `GET /metrics`: Prometheus text.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics", security(()),
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
 pub async fn render(State(state): State<AppState>) -> Response {
     let pool = &state.db;

@@ -9,14 +9,14 @@ use crate::db::{self, detached};
 use crate::error::{ApiError, Problem};
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz", security(()),
     responses((status = 200, description = "Up", body = Object, example = json!({"status": "ok"}))))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Postgres answers and every migration this build knows is applied; `503` otherwise.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz", security(()),
     responses(
         (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
         (status = 503, description = "Postgres unreachable or migrations missing", body = Problem, content_type = "application/problem+json"),
