@@ -18,6 +18,7 @@ use utoipa_scalar::Scalar;
             Moment's signed webhooks, and merchant-initiated charges (next_in_series), each \
             exactly once. Every error is application/problem+json (RFC 9457)."
     ),
+    servers((url = "/", description = "The service that serves this document")),
     modifiers(&ApiKeyAuth),
     tags(
         (name = "mandates", description = "A customer's authorisation for future charges"),
@@ -60,7 +61,7 @@ pub fn publish(doc: &utoipa::openapi::OpenApi) {
 }
 
 /// `GET /openapi.json`.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", operation_id = "openapiDocument", security(()),
     responses((status = 200, description = "This OpenAPI 3.1 document", body = Object)))]
 pub async fn document() -> Response {
     let json = DOCUMENT.get().map_or("{}", |(j, _)| j.as_str());
@@ -72,7 +73,7 @@ pub async fn document() -> Response {
 }
 
 /// `GET /docs`: interactive documentation (Scalar) over this document.
-#[utoipa::path(get, path = "/docs", tag = "operations",
+#[utoipa::path(get, path = "/docs", tag = "operations", operation_id = "docs", security(()),
     responses((status = 200, description = "Interactive API documentation", body = String, content_type = "text/html")))]
 pub async fn docs() -> Html<String> {
     Html(DOCUMENT.get().map_or_else(String::new, |(_, h)| h.clone()))

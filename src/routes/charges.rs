@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ApiJson, List, MerchantErrors, Page, bad_query, check_currency, check_metadata,
-    check_reference, idempotency_key, parse_id, request_hash,
+    ApiJson, Currency, List, MerchantErrors, Page, bad_query, check_currency, check_metadata,
+    check_reference, idempotency_key, metadata_schema, parse_id, request_hash,
 };
 use crate::api::ChargeResponse;
 use crate::domain::ChargeStatus;
@@ -28,13 +28,20 @@ use crate::workflow::charges::{self as flow, ChargeRequest};
     "reference": "inv_2026_12", "metadata": {"invoice": "2026-12"}
 }))]
 pub struct CreateCharge {
+    #[schema(format = Uuid)]
     pub mandate_id: String,
     /// Minor units; the mandate's amount when absent.
+    #[serde(default, deserialize_with = "super::optional_whole_number")]
+    #[schema(minimum = 0, maximum = 9223372036854775807i64)]
     pub amount: Option<i64>,
     /// Must be the mandate's currency when given.
+    #[schema(value_type = Option<Currency>)]
     pub currency: Option<String>,
+    /// The merchant's own reference: 1 to 255 characters.
+    #[schema(min_length = 1, max_length = 255, pattern = r"^[^\x00]*$")]
     pub reference: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = metadata_schema)]
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -69,13 +76,15 @@ impl CreateCharge {
 /// resent in the background under the same Moment key). A retry under the same
 /// `Idempotency-Key` replays the first final answer with `Idempotent-Replayed: true`.
 #[utoipa::path(
-    post, path = "/charges", tag = "charges", security(("api_key" = [])),
+    post, path = "/charges", tag = "charges", operation_id = "createCharge", security(("api_key" = [])),
     request_body = CreateCharge,
-    params(("Idempotency-Key" = String, Header, description = "Required: one key per charge; a retry with the same key and body never charges twice")),
+    params(("Idempotency-Key" = String, Header, description = "Required: one key per charge; a retry with the same key and body never charges twice (1 to 255 visible characters)",
+        min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses(
         (status = 201, description = "Moment has the charge: `processing`, then `succeeded` or `failed` by webhook", body = ChargeResponse,
          headers(("Location" = String), ("Idempotent-Replayed" = String, description = "`true` on a replay"))),
-        (status = 202, description = "Moment's answer is not known yet: `pending`, resent in the background under the same Moment key", body = ChargeResponse),
+        (status = 202, description = "Moment's answer is not known yet: `pending`, resent in the background under the same Moment key; or `needs_review`, when it can no longer be sent or learnt safely", body = ChargeResponse,
+         headers(("Location" = String), ("Idempotent-Replayed" = String, description = "`true` on a replay"))),
         MerchantErrors,
         (status = 404, description = "No such mandate", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The mandate is not active, or a request with this key is still in progress", body = Problem, content_type = "application/problem+json"),
@@ -109,7 +118,7 @@ pub async fn create(
 
 /// One charge.
 #[utoipa::path(
-    get, path = "/charges/{id}", tag = "charges", security(("api_key" = [])),
+    get, path = "/charges/{id}", tag = "charges", operation_id = "getCharge", security(("api_key" = [])),
     params(("id" = Uuid, Path, description = "Charge id")),
     responses(
         (status = 200, description = "The charge", body = ChargeResponse),
@@ -139,7 +148,7 @@ pub struct ListQuery {
 
 /// Charges, newest first.
 #[utoipa::path(
-    get, path = "/charges", tag = "charges", security(("api_key" = [])),
+    get, path = "/charges", tag = "charges", operation_id = "listCharges", security(("api_key" = [])),
     params(
         ("mandate_id" = Option<Uuid>, Query, description = "Only this mandate's charges"),
         ("status" = Option<ChargeStatus>, Query, description = "Only charges in this status"),

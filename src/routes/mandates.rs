@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ApiJson, List, MerchantErrors, Page, bad_query, check_currency, check_metadata,
-    check_reference, idempotency_key, parse_id, request_hash,
+    ApiJson, Currency, List, MerchantErrors, Page, bad_query, check_currency, check_metadata,
+    check_reference, check_text, idempotency_key, metadata_schema, parse_id, request_hash,
 };
 use crate::api::{MandateResponse, RevokeResponse, RevokedCharges};
 use crate::domain::MandateStatus;
@@ -31,12 +31,23 @@ use crate::workflow::mandates::{self as flow, MandateRequest};
 }))]
 pub struct CreateMandate {
     /// Minor units (cents), at least 0.
+    #[serde(deserialize_with = "super::whole_number")]
+    #[schema(minimum = 0, maximum = 9223372036854775807i64)]
     pub amount: i64,
+    #[schema(value_type = Currency)]
     pub currency: String,
     pub customer: Customer,
+    /// Where the customer goes after checkout: an absolute http(s) URL.
+    #[schema(
+        format = "uri",
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*\.?(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?([/?#][!-~]*)?$"
+    )]
     pub return_url: Option<String>,
+    /// The merchant's own reference: 1 to 255 characters.
+    #[schema(min_length = 1, max_length = 255, pattern = r"^[^\x00]*$")]
     pub reference: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = metadata_schema)]
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -44,7 +55,13 @@ pub struct CreateMandate {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Customer {
+    /// 1 to 200 characters once surrounding whitespace is trimmed.
+    #[schema(
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]([^\x00]{0,198}[^\x00\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub name: String,
+    /// One `@`, a dot inside the domain, no whitespace; at most 254 bytes.
+    #[schema(format = Email, max_length = 254, pattern = r"^[^\x00@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+@[^\x00@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000.][^\x00@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*\.[^\x00@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000.]$")]
     pub email: String,
 }
 
@@ -58,7 +75,7 @@ impl CreateMandate {
         }
         check_currency("currency", &self.currency)?;
         let name = self.customer.name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
+        if name.is_empty() || name.chars().count() > 200 || name.contains('\0') {
             return Err(ApiError::invalid(
                 "customer.name",
                 "must be 1 to 200 characters",
@@ -105,7 +122,7 @@ fn plausible_email(email: &str) -> bool {
                 && !domain.ends_with('.')
                 && !domain.contains('@')
                 && email.len() <= 254
-                && !email.chars().any(char::is_whitespace)
+                && !email.chars().any(|c| c.is_whitespace() || c == '\0')
         }
         None => false,
     }
@@ -121,17 +138,20 @@ fn wants_json(headers: &HeaderMap) -> bool {
 /// Records the mandate and opens its Moment checkout. `303` to the checkout by default;
 /// `201` with the mandate when the caller accepts `application/json`.
 #[utoipa::path(
-    post, path = "/mandates", tag = "mandates", security(("api_key" = [])),
+    post, path = "/mandates", tag = "mandates", operation_id = "createMandate", security(("api_key" = [])),
     request_body = CreateMandate,
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and body give the same mandate (1 to 255 visible characters)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and body give the same mandate (1 to 255 visible characters)",
+         min_length = 1, max_length = 255, pattern = "^[!-~]+$"),
         ("Accept" = Option<String>, Header, description = "`application/json` for a 201 with the mandate instead of the 303 redirect"),
     ),
     responses(
         (status = 303, description = "Redirect to Moment's checkout; the body is the mandate", body = MandateResponse,
          headers(("Location" = String, description = "The checkout URL"))),
         (status = 201, description = "The mandate, pending, with its checkout_url (Accept: application/json)", body = MandateResponse,
-         headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+         headers(("Location" = String, description = "The mandate: `/mandates/{id}`"), ("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 200, description = "A replay for a mandate that ended without a checkout (expired because Moment could not be reached in time): the mandate as it is", body = MandateResponse,
+         headers(("Idempotent-Replayed" = String, description = "`true`"))),
         MerchantErrors,
         (status = 409, description = "A request with this Idempotency-Key is still in progress", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
@@ -190,7 +210,7 @@ pub async fn create(
 
 /// One mandate.
 #[utoipa::path(
-    get, path = "/mandates/{id}", tag = "mandates", security(("api_key" = [])),
+    get, path = "/mandates/{id}", tag = "mandates", operation_id = "getMandate", security(("api_key" = [])),
     params(("id" = Uuid, Path, description = "Mandate id")),
     responses(
         (status = 200, description = "The mandate", body = MandateResponse),
@@ -221,11 +241,11 @@ pub struct ListQuery {
 
 /// Mandates, newest first.
 #[utoipa::path(
-    get, path = "/mandates", tag = "mandates", security(("api_key" = [])),
+    get, path = "/mandates", tag = "mandates", operation_id = "listMandates", security(("api_key" = [])),
     params(
         ("status" = Option<MandateStatus>, Query, description = "Only mandates in this status"),
-        ("customer_id" = Option<String>, Query, description = "Only this Moment customer's mandates"),
-        ("reference" = Option<String>, Query, description = "Only mandates with this reference"),
+        ("customer_id" = Option<String>, Query, description = "Only this Moment customer's mandates", pattern = r"^[^\x00]*$"),
+        ("reference" = Option<String>, Query, description = "Only mandates with this reference", pattern = r"^[^\x00]*$"),
         Page,
     ),
     responses(
@@ -239,6 +259,11 @@ pub async fn list(
 ) -> Result<Json<List<MandateResponse>>, ApiError> {
     let Query(q) = query.map_err(bad_query)?;
     let (limit, before) = q.page.parse()?;
+    for (field, text) in [("customer_id", &q.customer_id), ("reference", &q.reference)] {
+        if let Some(t) = text {
+            check_text(field, t).map_err(|_| ApiError::malformed(field, "must not contain NUL"))?;
+        }
+    }
     let status = match q.status.as_deref() {
         Some(s) => Some(
             s.parse()
@@ -264,7 +289,7 @@ pub async fn list(
 /// Moment documents no API to cancel a mandate, so this is enforced here. Revoking a revoked
 /// mandate answers it again.
 #[utoipa::path(
-    post, path = "/mandates/{id}/revoke", tag = "mandates", security(("api_key" = [])),
+    post, path = "/mandates/{id}/revoke", tag = "mandates", operation_id = "revokeMandate", security(("api_key" = [])),
     params(("id" = Uuid, Path, description = "Mandate id")),
     responses(
         (status = 200, description = "The revoked mandate, and what became of its open charges", body = RevokeResponse),
@@ -293,7 +318,7 @@ pub async fn revoke(
 /// Where Moment sends the customer after checkout. The state comes from Moment (fetched
 /// now), never from the query string; then the customer goes on to the merchant's page.
 #[utoipa::path(
-    get, path = "/mandates/{id}/return", tag = "mandates",
+    get, path = "/mandates/{id}/return", tag = "mandates", operation_id = "returnFromCheckout", security(()),
     params(("id" = Uuid, Path, description = "Mandate id")),
     responses(
         (status = 303, description = "On to the mandate's return_url (or DEFAULT_RETURN_URL) with `mandate_id` and `status` added to its query",

@@ -96,6 +96,87 @@ pub fn parse_id(raw: &str, what: &'static str) -> Result<Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::NotFound(what))
 }
 
+// The currencies as the document states them. The service checks the form (`check_currency`);
+// Moment refuses any other code (a 422, the mandate recorded as failed). Only the OpenAPI
+// document uses this type.
+/// An ISO 4217 code that Moment takes.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "UPPERCASE")]
+#[allow(dead_code)]
+pub enum Currency {
+    Zar,
+    Usd,
+}
+
+/// The `metadata` schema: what `check_metadata` enforces, and what Moment takes.
+pub fn metadata_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let text = |max: usize| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(max))
+            .pattern(Some(r"^[^\x00]*$"))
+    };
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(
+            "At most 20 pairs; keys of 1 to 50 characters, values of 1 to 500 (no NUL).",
+        ))
+        .max_properties(Some(20))
+        .property_names(Some(text(50)))
+        .additional_properties(Some(text(500)))
+        .build()
+}
+
+/// Minor units: an integer within 64 bits, also when written with a zero fraction (`5000.0`),
+/// which JSON Schema counts as an integer like `5000`. A fraction or a string is refused.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    use serde::de::{Error, Unexpected, Visitor};
+    struct Whole;
+    impl Visitor<'_> for Whole {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an integer within 64 bits")
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<i64, E> {
+            // Both bounds are powers of two, exact as f64; a whole float within them is exact.
+            if v.fract() == 0.0
+                && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v)
+            {
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_type(Unexpected::Float(v), &self))
+            }
+        }
+    }
+    d.deserialize_i64(Whole)
+}
+
+/// `whole_number` for an optional field (with `#[serde(default)]`).
+pub fn optional_whole_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole_number")] i64);
+    Ok(Option::<Whole>::deserialize(d)?.map(|w| w.0))
+}
+
+/// Text that Postgres can store: no NUL character.
+pub fn check_text(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.contains('\0') {
+        Err(ApiError::invalid(field, "must not contain NUL characters"))
+    } else {
+        Ok(())
+    }
+}
+
 /// ISO 4217 form: three capital letters.
 pub fn check_currency(field: &str, currency: &str) -> Result<(), ApiError> {
     if currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -114,6 +195,8 @@ pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiErro
         return Err(ApiError::invalid("metadata", "at most 20 keys"));
     }
     for (k, v) in metadata {
+        check_text("metadata", k)?;
+        check_text(&format!("metadata.{k}"), v)?;
         if k.is_empty() || k.chars().count() > 50 {
             return Err(ApiError::invalid(
                 "metadata",
@@ -132,6 +215,9 @@ pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiErro
 
 /// The merchant's own reference: 1 to 255 characters.
 pub fn check_reference(reference: Option<&str>) -> Result<(), ApiError> {
+    if let Some(r) = reference {
+        check_text("reference", r)?;
+    }
     match reference {
         Some(r) if r.is_empty() || r.chars().count() > 255 => Err(ApiError::invalid(
             "reference",
@@ -162,6 +248,7 @@ pub struct Page {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
     /// The `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     pub cursor: Option<String>,
 }
 
@@ -197,6 +284,7 @@ impl Page {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct List<T> {
     pub data: Vec<T>,
+    #[schema(format = Uuid)]
     pub next_cursor: Option<String>,
 }
 

@@ -15,14 +15,14 @@ use crate::state::AppState;
 use crate::store::{charges, mandates};
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz", security(()),
     responses((status = 200, description = "Up", body = Object, example = json!({"status": "ok"}))))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Postgres answers and every migration this build knows is applied; `503` otherwise.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz", security(()),
     responses(
         (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
         (status = 503, description = "Postgres unreachable or migrations missing", body = Problem, content_type = "application/problem+json"),
@@ -41,8 +41,6 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 
 /// `GET /metrics`: Prometheus text. The pool figures and the mandate and charge counts by
 /// status are read now; everything else was recorded as it happened.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
 pub async fn render(State(state): State<AppState>) -> Response {
     let pool = &state.db;
     let size = i64::from(pool.size());

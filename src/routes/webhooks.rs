@@ -27,7 +27,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a s
 /// `401` for a bad signature or timestamp, `400` for missing or malformed headers, `503`
 /// when the event could not be stored, so that Moment delivers it again.
 #[utoipa::path(
-    post, path = "/webhooks/moment", tag = "webhooks",
+    post, path = "/webhooks/moment", tag = "webhooks", operation_id = "receiveMomentWebhook", security(()),
     request_body(content = Object, description = "Moment's event, verified on the raw bytes: `{\"id\": \"evt_…\", \"type\": \"payment_session.completed\", \"data\": {…}}`",
         example = json!({"id": "evt_1PZbB4YdM2xqAqZbvaf1mfPQ", "type": "payment_session.completed",
             "data": {"id": "ps_eLtQXMBUErQF5i", "type": "first_in_series", "status": "completed",
@@ -35,9 +35,12 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a s
                      "payment_method_id": "pmt_izWG6Vcvy4VYiU", "payment_id": "pay_rOaZNqKZMFxsRb2NBL1cj",
                      "external_reference": "01a20e0a-fb07-7569-a87f-9afae148c0ff"}})),
     params(
-        ("webhook-id" = String, Header, description = "The message id; a redelivery keeps it"),
-        ("webhook-timestamp" = i64, Header, description = "Unix seconds; refused beyond MOMENT_WEBHOOK_TOLERANCE_SECS either way"),
-        ("webhook-signature" = String, Header, description = "Space-separated `v1,<base64 HMAC-SHA256>` entries"),
+        ("webhook-id" = String, Header, description = "The message id; a redelivery keeps it (1 to 255 visible characters)",
+         min_length = 1, max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$"),
+        ("webhook-timestamp" = i64, Header, description = "Unix seconds; refused (401) beyond MOMENT_WEBHOOK_TOLERANCE_SECS either way",
+         minimum = -9223372036854775808i64, maximum = 9223372036854775807i64),
+        ("webhook-signature" = String, Header, description = "Space-separated `v1,<base64 HMAC-SHA256>` entries; the body is authenticated by them, so this route takes no API key",
+         pattern = "^[ -~]*$"),
     ),
     responses(
         (status = 204, description = "Verified and stored (duplicates and event types we do not act on included)"),

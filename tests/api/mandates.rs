@@ -178,6 +178,28 @@ async fn invalid_mandate_requests_get_a_problem_naming_the_field_and_change_noth
         ),
         (with("metadata", json!({"k": ""})), 422, Some("metadata.k")),
         (with("surprise", json!(1)), 422, None),
+        // Postgres stores no NUL: refused as invalid, never a 500.
+        (
+            with("customer.name", json!("A\u{0}")),
+            422,
+            Some("customer.name"),
+        ),
+        (
+            with("customer.email", json!("a\u{0}@example.com")),
+            422,
+            Some("customer.email"),
+        ),
+        (with("reference", json!("r\u{0}")), 422, Some("reference")),
+        (
+            with("metadata", json!({"k": "v\u{0}"})),
+            422,
+            Some("metadata.k"),
+        ),
+        (
+            with("metadata", json!({"k\u{0}": "v"})),
+            422,
+            Some("metadata"),
+        ),
     ];
     for (body, status, field) in cases {
         let reply = app.post("/mandates", &body, &[]).await;
@@ -501,4 +523,29 @@ async fn a_mandate_that_never_got_a_checkout_expires_after_a_day() {
     let m = app.get(&format!("/mandates/{id}")).await.body;
     assert_eq!(m["status"], "expired");
     assert_eq!(m["failure"]["code"], "no_checkout_session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amount_with_a_zero_fraction_is_that_integer() {
+    // JSON Schema counts 5000.0 as an integer, and so does the service; 50.5 stays refused.
+    let app = TestApp::new().await;
+    app.moment_accepts_sessions().await;
+    let mut body = mandate_body();
+    body["amount"] = json!(5000.0);
+    let mandate = app.create_mandate(&body).await;
+    assert_eq!(mandate["amount"], 5000);
+    let sent = app.session_requests("first_in_series").await;
+    assert_eq!(sent[0].0["amount"], 5000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_filter_with_a_nul_is_malformed() {
+    let app = TestApp::new().await;
+    for query in ["reference=a%00", "customer_id=a%00"] {
+        let reply = app.get(&format!("/mandates?{query}")).await;
+        assert_eq!(
+            reply.problem(400)["field"],
+            query.split('=').next().unwrap()
+        );
+    }
 }

@@ -10,16 +10,26 @@ use crate::support::app::{API_KEY, WEBHOOK_SECRET, test_config};
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_moment-mandates");
 
-/// Starts `run()` on a port-0 listener against the test database.
-pub async fn serve(
-    database_url: &str,
-    moment_url: &str,
-) -> (
+/// A service started by `serve`: its base URL, its stop signal and its task.
+pub type Served = (
     String,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    let config = test_config(database_url, moment_url);
+);
+
+/// Starts `run()` on a port-0 listener against the test database.
+pub async fn serve(database_url: &str, moment_url: &str) -> Served {
+    serve_with(database_url, moment_url, |_| {}).await
+}
+
+/// `serve` with settings changed by `tweak`.
+pub async fn serve_with(
+    database_url: &str,
+    moment_url: &str,
+    tweak: impl FnOnce(&mut moment_mandates::config::Config),
+) -> Served {
+    let mut config = test_config(database_url, moment_url);
+    tweak(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
