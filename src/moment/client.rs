@@ -395,3 +395,34 @@ fn without_url(e: &reqwest::Error) -> String {
     }
     msg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_an_http_date() {
+        let now = httpdate::parse_http_date("Tue, 01 Dec 2026 10:00:00 GMT").unwrap();
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Tue, 01 Dec 2026 10:01:30 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        // A date gone by is no wait at all; nonsense is no Retry-After.
+        assert_eq!(
+            parse_retry_after("Tue, 01 Dec 2026 09:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn only_400_402_and_422_refuse_a_request() {
+        for status in [400, 402, 422] {
+            assert!(is_refusal(status), "{status}");
+        }
+        for status in [401, 403, 404, 408, 409, 423, 425, 429, 500, 503] {
+            assert!(!is_refusal(status), "{status}");
+        }
+    }
+}
