@@ -149,3 +149,130 @@ pub struct RevokedCharges {
     /// Already at Moment (`processing`): Moment settles them.
     pub at_moment: Vec<Uuid>,
 }
+
+/// An event: a change of a mandate or a charge (or of an endpoint), with the resource as the
+/// API showed it at that change.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = Event, example = json!({
+    "id": "6c1f0d7e-2b8a-4f57-9a51-5f0b2b6de0a1", "type": "charge.succeeded",
+    "created_at": "2026-12-01T00:00:03Z",
+    "resource": {"type": "charge", "id": "01a20e0b-0060-7317-a692-c12c49da851e"},
+    "sequence": 3,
+    "data": {"id": "01a20e0b-0060-7317-a692-c12c49da851e", "status": "succeeded"}
+}))]
+pub struct EventResponse {
+    pub id: Uuid,
+    /// `mandate.created`, `mandate.active`, …, `charge.succeeded`, … (see the README).
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    pub resource: ResourceRef,
+    /// Grows with each change of the resource: drop an event older than one already seen.
+    pub sequence: i64,
+    /// The resource as `GET /mandates/{id}` or `GET /charges/{id}` showed it then.
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ResourceRef {
+    /// `mandate`, `charge` or `webhook_endpoint`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: Uuid,
+}
+
+impl From<&crate::store::events::Event> for EventResponse {
+    fn from(e: &crate::store::events::Event) -> Self {
+        Self {
+            id: e.id,
+            kind: e.kind.clone(),
+            created_at: e.created_at,
+            resource: ResourceRef {
+                kind: e.resource_type.clone(),
+                id: e.resource_id,
+            },
+            sequence: e.sequence,
+            data: e.data.0.clone(),
+        }
+    }
+}
+
+/// A merchant's endpoint for webhooks out. The signing secret is shown only when it is made
+/// (creation, rotation).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = WebhookEndpoint)]
+pub struct EndpointResponse {
+    pub id: Uuid,
+    pub url: String,
+    /// The event types sent; null for all.
+    pub event_types: Option<Vec<String>>,
+    pub enabled: bool,
+    /// Why it is disabled: `gone` (it answered 410), `failing` (5 days without a success) or
+    /// `merchant`.
+    pub disabled_reason: Option<String>,
+    /// Since when every delivery has failed, while they do.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub failing_since: Option<OffsetDateTime>,
+    /// The `whsec_…` signing secret: only in the answer that made it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub secret: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<&crate::store::webhook_endpoints::Endpoint> for EndpointResponse {
+    fn from(e: &crate::store::webhook_endpoints::Endpoint) -> Self {
+        Self {
+            id: e.id,
+            url: e.url.clone(),
+            event_types: e.event_types.clone(),
+            enabled: e.enabled,
+            disabled_reason: e.disabled_reason.clone(),
+            failing_since: e.failing_since,
+            secret: None,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+        }
+    }
+}
+
+/// One attempt to deliver an event to an endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AttemptResponse {
+    pub delivery_id: Uuid,
+    pub endpoint_id: Uuid,
+    /// The delivery's state: `pending`, `delivered` or `failed` (given up).
+    pub delivery_status: String,
+    /// When the attempt was made; null for a delivery not attempted yet.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub attempted_at: Option<OffsetDateTime>,
+    /// The endpoint's HTTP status, or null when no answer came.
+    pub status_code: Option<i32>,
+    /// Why no answer came (`timeout`, `connection refused`, …).
+    pub error: Option<String>,
+    pub duration_ms: Option<i32>,
+}
+
+impl From<&crate::store::deliveries::AttemptRow> for AttemptResponse {
+    fn from(a: &crate::store::deliveries::AttemptRow) -> Self {
+        Self {
+            delivery_id: a.delivery_id,
+            endpoint_id: a.endpoint_id,
+            delivery_status: a.delivery_status.clone(),
+            attempted_at: a.attempted_at,
+            status_code: a.status_code,
+            error: a.error.clone(),
+            duration_ms: a.duration_ms,
+        }
+    }
+}

@@ -23,7 +23,7 @@ use utoipa_axum::routes;
 use crate::auth::require_api_key;
 use crate::config::{BODY_LIMIT, Config};
 use crate::error::{ApiError, problem_fallback};
-use crate::routes::{charges, mandates, ops, webhooks};
+use crate::routes::{charges, events, mandates, ops, webhook_endpoints, webhooks};
 use crate::server::{self, Limits};
 use crate::state::AppState;
 use crate::telemetry::{REQUEST_ID_HEADER, assign_request_id};
@@ -46,6 +46,18 @@ pub fn router_with_limit(state: AppState, request_timeout: Duration, body_limit:
         .routes(routes!(mandates::revoke))
         .routes(routes!(charges::create, charges::list))
         .routes(routes!(charges::show))
+        .routes(routes!(events::list))
+        .routes(routes!(events::show))
+        .routes(routes!(events::deliveries))
+        .routes(routes!(events::redeliver))
+        .routes(routes!(webhook_endpoints::create, webhook_endpoints::list))
+        .routes(routes!(
+            webhook_endpoints::show,
+            webhook_endpoints::update,
+            webhook_endpoints::delete
+        ))
+        .routes(routes!(webhook_endpoints::rotate))
+        .routes(routes!(webhook_endpoints::recover))
         .route_layer(middleware::from_fn_with_state(
             state.api_keys.clone(),
             require_api_key,
@@ -163,6 +175,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let db = db::connect(&config.db, config.migrate).await?;
     let state = AppState::new(&mut config, db)?;
+    if let Some((url, secret)) = &config.merchant_webhook {
+        crate::workflow::outbound::ensure_endpoint(&state, url, secret).await?;
+    }
     let (stop_worker, stopped) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(worker::run(state.clone(), config.worker_interval, stopped));
     tracing::info!(addr = %listener.local_addr()?, public_url = %config.public_url, "listening");

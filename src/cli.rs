@@ -230,6 +230,23 @@ pub struct ServeArgs {
     /// one ends the call and the background worker waits it out.
     #[arg(long, env = "MOMENT_MAX_RETRY_AFTER_SECS", default_value = "60")]
     pub moment_max_retry_after_secs: String,
+    /// Days events are kept (GET /events, redelivery).
+    #[arg(long, env = "EVENT_RETENTION_DAYS", default_value = "30")]
+    pub event_retention_days: String,
+    /// Waits after each failed webhook delivery to the merchant, comma-separated, each with a
+    /// unit (ms, s, m, h); given up after the last.
+    #[arg(
+        long,
+        env = "MERCHANT_WEBHOOK_RETRY_SCHEDULE",
+        default_value = "5s,5m,30m,2h,5h,10h,10h"
+    )]
+    pub merchant_webhook_retry_schedule: String,
+    /// An endpoint that receives every event, created at start (simple setups).
+    #[arg(long, env = "MERCHANT_WEBHOOK_URL")]
+    pub merchant_webhook_url: Option<String>,
+    /// The whsec_… secret the MERCHANT_WEBHOOK_URL endpoint is signed with; required with it.
+    #[arg(long, env = "MERCHANT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub merchant_webhook_secret: Option<String>,
     /// Where GET /metrics is served (keep it off the public network).
     #[arg(long, env = "METRICS_LISTEN_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_listen_addr: String,
@@ -456,6 +473,27 @@ impl ServeArgs {
                 "WEBHOOK_EVENT_RETENTION_DAYS",
                 &self.webhook_event_retention_days,
             )?,
+            event_retention_days: positive("EVENT_RETENTION_DAYS", &self.event_retention_days)?,
+            delivery_schedule: self
+                .merchant_webhook_retry_schedule
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| duration("MERCHANT_WEBHOOK_RETRY_SCHEDULE", s))
+                .collect::<Result<_, _>>()?,
+            merchant_webhook: match &self.merchant_webhook_url {
+                Some(u) if !u.trim().is_empty() => {
+                    let url = http_url("MERCHANT_WEBHOOK_URL", u)?;
+                    let secret = required(
+                        "MERCHANT_WEBHOOK_SECRET",
+                        self.merchant_webhook_secret.as_deref(),
+                    )?;
+                    WebhookSecret::parse(&secret)
+                        .map_err(|e| bad("MERCHANT_WEBHOOK_SECRET", e.to_string()))?;
+                    Some((url, secret))
+                }
+                _ => None,
+            },
             metrics_listen_addr: socket_addr("METRICS_LISTEN_ADDR", &self.metrics_listen_addr)?,
             header_read_timeout: positive_secs(
                 "HEADER_READ_TIMEOUT_SECS",

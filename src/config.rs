@@ -15,6 +15,13 @@ use crate::telemetry::LogFormat;
 /// Default largest request body accepted (bytes); larger ones get 413.
 pub const BODY_LIMIT: usize = 256 * 1024;
 
+/// Seconds waited after each failed delivery of a webhook out (as Svix does): the first
+/// attempt is immediate, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h; then it is given up.
+pub const DELIVERY_SCHEDULE: &[u64] = &[5, 300, 1800, 7200, 18000, 36000, 36000];
+
+/// How long one delivery of a webhook out to the merchant may take.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Pool settings.
 #[derive(Clone)]
 pub struct DbConfig {
@@ -65,6 +72,12 @@ pub struct Config {
     pub moment_max_retry_after: Duration,
     /// Applied, ignored and orphaned webhook events older than this many days are deleted.
     pub webhook_event_retention_days: f64,
+    /// Events older than this many days are deleted.
+    pub event_retention_days: f64,
+    /// Waits after each failed delivery of a webhook out to the merchant.
+    pub delivery_schedule: Vec<Duration>,
+    /// An endpoint for webhooks out, created at start, and its signing secret.
+    pub merchant_webhook: Option<(String, String)>,
     /// Where `GET /metrics` is served, apart from the API.
     pub metrics_listen_addr: SocketAddr,
     /// How long a client may take to send a request head.
@@ -110,6 +123,12 @@ impl Config {
             reconcile_after: Duration::from_secs(30),
             moment_max_retry_after: Duration::from_secs(60),
             webhook_event_retention_days: 90.0,
+            event_retention_days: 30.0,
+            delivery_schedule: DELIVERY_SCHEDULE
+                .iter()
+                .map(|s| Duration::from_secs(*s))
+                .collect(),
+            merchant_webhook: None,
             metrics_listen_addr: ([127, 0, 0, 1], 0).into(),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,

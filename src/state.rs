@@ -26,6 +26,10 @@ pub struct Settings {
     pub reconcile_after: Duration,
     /// Settled webhook events older than this many days are deleted by the worker.
     pub webhook_event_retention_days: f64,
+    /// Events older than this many days are deleted by the worker (their deliveries too).
+    pub event_retention_days: f64,
+    /// Waits after each failed delivery of a webhook out; given up after the last.
+    pub delivery_schedule: Vec<Duration>,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -40,6 +44,8 @@ pub struct AppState {
     /// Fetches from Moment for customers returning from checkout, in flight at most: a flood
     /// of returns cannot turn into a flood of calls.
     pub return_fetches: Arc<tokio::sync::Semaphore>,
+    /// The client for webhooks out to the merchant: 15 s per attempt, no redirects.
+    pub outbound: reqwest::Client,
 }
 
 impl FromRef<AppState> for Arc<ApiKeys> {
@@ -73,8 +79,16 @@ impl AppState {
                 default_return_url: config.default_return_url.clone(),
                 reconcile_after: config.reconcile_after,
                 webhook_event_retention_days: config.webhook_event_retention_days,
+                event_retention_days: config.event_retention_days,
+                delivery_schedule: config.delivery_schedule.clone(),
             }),
             return_fetches: Arc::new(tokio::sync::Semaphore::new(RETURN_FETCHES)),
+            outbound: reqwest::Client::builder()
+                .timeout(crate::config::DELIVERY_TIMEOUT)
+                .connect_timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("moment-mandates/", env!("CARGO_PKG_VERSION")))
+                .build()?,
         })
     }
 }

@@ -4,6 +4,7 @@
 //!   at a time, within a time budget; close those Moment's idempotency window left behind;
 //! - apply webhook events that arrived before their session was known, page by page; give up
 //!   on those still unknown after 72 h, and delete settled ones past their retention;
+//! - send the merchant its events: fan new ones out to the endpoints, send what is due;
 //! - reconcile what no webhook settled: fetch the session of pending mandates and processing
 //!   charges quiet for `reconcile_after`, and expire mandates that never got a session.
 
@@ -15,7 +16,7 @@ use uuid::Uuid;
 use crate::db;
 use crate::state::AppState;
 use crate::store::{charges, mandates, webhook_events};
-use crate::workflow::{charges as charge_flow, events};
+use crate::workflow::{charges as charge_flow, events, outbound};
 
 /// Charges resent per run at most.
 const BATCH: usize = 50;
@@ -48,6 +49,13 @@ pub struct Tally {
     pub mandates_expired: u64,
     pub events_orphaned: u64,
     pub events_deleted: u64,
+    /// Deliveries of new events to the merchant's endpoints, created (the fan-out).
+    pub deliveries_made: u64,
+    /// Attempts of webhooks out that the endpoint took, and that it did not.
+    pub webhooks_delivered: usize,
+    pub webhooks_failed: usize,
+    /// Events of the log past `EVENT_RETENTION_DAYS`, deleted.
+    pub log_events_deleted: u64,
 }
 
 /// One pass over the pending work.
@@ -76,6 +84,13 @@ pub async fn run_once(state: &AppState) -> sqlx::Result<Tally> {
     let retention = state.settings.webhook_event_retention_days;
     tally.events_deleted =
         webhook_events::delete_old(&state.db, retention, RETENTION_BATCH).await?;
+    let sent = outbound::run(state, Instant::now() + STAGE_BUDGET).await?;
+    tally.deliveries_made = sent.fanned_out;
+    tally.webhooks_delivered = sent.delivered;
+    tally.webhooks_failed = sent.failed;
+    let events_kept = state.settings.event_retention_days;
+    tally.log_events_deleted =
+        crate::store::events::delete_old(&state.db, events_kept, RETENTION_BATCH).await?;
     Ok(tally)
 }
 
@@ -133,6 +148,10 @@ pub async fn run(state: AppState, interval: Duration, mut shutdown: watch::Recei
                 mandates_expired = t.mandates_expired,
                 events_orphaned = t.events_orphaned,
                 events_deleted = t.events_deleted,
+                deliveries_made = t.deliveries_made,
+                webhooks_delivered = t.webhooks_delivered,
+                webhooks_failed = t.webhooks_failed,
+                log_events_deleted = t.log_events_deleted,
                 "worker run"
             ),
             Ok(_) => {}

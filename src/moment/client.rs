@@ -403,7 +403,10 @@ mod tests {
     #[test]
     fn retry_after_is_read_as_seconds_or_an_http_date() {
         let now = httpdate::parse_http_date("Tue, 01 Dec 2026 10:00:00 GMT").unwrap();
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Tue, 01 Dec 2026 10:01:30 GMT", now),
             Some(Duration::from_secs(90))

@@ -1,8 +1,10 @@
 //! HTTP handlers, and the request parsing and checks they share.
 
 pub mod charges;
+pub mod events;
 pub mod mandates;
 pub mod ops;
+pub mod webhook_endpoints;
 pub mod webhooks;
 
 use std::collections::BTreeMap;

@@ -11,5 +11,8 @@ pub struct Recorded<T> {
 }
 
 pub mod charges;
+pub mod deliveries;
+pub mod events;
 pub mod mandates;
+pub mod webhook_endpoints;
 pub mod webhook_events;

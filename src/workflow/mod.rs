@@ -6,6 +6,7 @@
 pub mod charges;
 pub mod events;
 pub mod mandates;
+pub mod outbound;
 
 use serde_json::{Value, json};
 

@@ -5,6 +5,7 @@ mod architecture;
 mod browser;
 mod charges;
 mod containers;
+mod events;
 mod faults;
 mod flow;
 mod mandates;

@@ -25,6 +25,17 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/charges"),
     ("get", "/charges/{id}"),
     ("post", "/webhooks/moment"),
+    ("get", "/events"),
+    ("get", "/events/{id}"),
+    ("get", "/events/{id}/deliveries"),
+    ("post", "/events/{id}/redeliver"),
+    ("post", "/webhook-endpoints"),
+    ("get", "/webhook-endpoints"),
+    ("get", "/webhook-endpoints/{id}"),
+    ("patch", "/webhook-endpoints/{id}"),
+    ("delete", "/webhook-endpoints/{id}"),
+    ("post", "/webhook-endpoints/{id}/rotate-secret"),
+    ("post", "/webhook-endpoints/{id}/recover"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/openapi.json"),
@@ -122,6 +133,8 @@ async fn every_operation_documents_its_responses_and_problem_errors() {
             }
         }
         let merchant = path.starts_with("/charges")
+            || path.starts_with("/events")
+            || path.starts_with("/webhook-endpoints")
             || (path.starts_with("/mandates") && !path.ends_with("/return"));
         // Every operation states its security; only the merchant's ask for the API key.
         let security = op["security"].as_array();

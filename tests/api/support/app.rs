@@ -57,6 +57,8 @@ pub fn test_config(database_url: &str, moment_url: &str) -> Config {
     config.reconcile_after = Duration::from_secs(300);
     // Short, so that leases derived from the longest call stay short too.
     config.moment_max_retry_after = Duration::from_secs(2);
+    // Webhooks out: retried after 100 ms, then 200 ms, then given up.
+    config.delivery_schedule = vec![Duration::from_millis(100), Duration::from_millis(200)];
     config
 }
 
@@ -266,6 +268,29 @@ impl TestApp {
         }
         self.send(req.body(Body::from(body.to_string())).unwrap())
             .await
+    }
+
+    /// PATCHes JSON with the API key.
+    pub async fn patch_json(&self, uri: &str, body: &Value) -> Reply {
+        self.send(
+            Request::patch(uri)
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {API_KEY}"))
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// DELETE with the API key.
+    pub async fn delete(&self, uri: &str) -> Reply {
+        self.send(
+            Request::delete(uri)
+                .header("authorization", format!("Bearer {API_KEY}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
     }
 
     /// Starts a mandate (Moment must accept sessions) and returns it as JSON.
