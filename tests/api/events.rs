@@ -489,7 +489,7 @@ async fn a_receiver_down_then_up_gets_everything_and_recover_and_redeliver_resen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_sending_at_once_deliver_each_event_once() {
+async fn four_replicas_sending_at_once_deliver_each_event_once() {
     let app = TestApp::new().await;
     let hook = receiver(204).await;
     endpoint(&app, &hook).await;
@@ -498,13 +498,20 @@ async fn two_replicas_sending_at_once_deliver_each_event_once() {
         app.create_mandate(&crate::support::app::mandate_body())
             .await;
     }
-    let mut config = test_config("postgres://unused", &app.moment.uri());
-    let other = AppState::new(&mut config, app.db.clone()).unwrap();
-    // Wait until all 20 are visible, so that both replicas race for them.
+    // Four replicas on the same database, each fanning out and sending at once.
+    let replicas: Vec<AppState> = (0..4)
+        .map(|_| {
+            let mut config = test_config("postgres://unused", &app.moment.uri());
+            AppState::new(&mut config, app.db.clone()).unwrap()
+        })
+        .collect();
+    // Wait until all 20 are visible, so that the replicas race for them.
     events_once(&app, "&type=mandate.created", 20).await;
-    let (a, b) = tokio::join!(worker::run_once(&app.state), worker::run_once(&other));
-    a.unwrap();
-    b.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let runs = replicas.iter().map(|r| outbound::run(r, deadline));
+    for sent in futures::future::join_all(runs).await {
+        sent.unwrap();
+    }
     until_received(&app.state, &hook, 20).await;
     run_worker(&app.state, 1).await;
     let ids: Vec<String> = hook
