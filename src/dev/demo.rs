@@ -1,37 +1,85 @@
 //! A demo merchant site, standing in for the merchant's own: a Subscribe button whose server
 //! side holds the API key and calls `POST /mandates`, the page the customer returns to with
-//! the mandate's state, and a Charge button.
+//! the mandate's state, and a Charge button. It learns what happens from the service's signed
+//! webhooks (`POST /webhooks`, registered by `dev`), verified like any merchant would, and
+//! shows the latest events on its pages: after the first look, it never polls the service.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::html::{esc, money};
+use crate::moment::signature::{SignedHeaders, Verifier, WebhookSecret};
+
+/// Events kept for the pages.
+const RECENT: usize = 20;
 
 pub struct Demo {
     service_url: String,
     api_key: String,
     demo_url: String,
     http: reqwest::Client,
+    /// Verifies the service's webhooks with the endpoint's secret.
+    verifier: Verifier,
+    /// What the webhooks said: each resource's latest state, and the latest events.
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Resource id → (sequence, the resource as the event showed it).
+    latest: HashMap<String, (i64, Value)>,
+    /// (type, resource id), newest first.
+    recent: VecDeque<(String, String)>,
 }
 
 impl Demo {
-    pub fn new(service_url: &str, api_key: &str, demo_url: &str) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        service_url: &str,
+        api_key: &str,
+        demo_url: &str,
+        webhook_secret: &str,
+    ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
             service_url: service_url.into(),
             api_key: api_key.into(),
             demo_url: demo_url.into(),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
-                .timeout(std::time::Duration::from_secs(30))
+                .timeout(Duration::from_secs(30))
                 .build()?,
+            verifier: Verifier::new(
+                vec![WebhookSecret::parse(webhook_secret)?],
+                Duration::from_secs(300),
+            ),
+            seen: Mutex::new(Seen::default()),
         }))
+    }
+
+    /// The resource as the latest webhook showed it, if one came.
+    fn latest(&self, id: &str) -> Option<Value> {
+        let seen = self.seen.lock().expect("not poisoned");
+        seen.latest.get(id).map(|(_, v)| v.clone())
+    }
+
+    /// The latest events, as a list for a page.
+    fn recent_html(&self) -> String {
+        let seen = self.seen.lock().expect("not poisoned");
+        let items: String = seen
+            .recent
+            .iter()
+            .map(|(kind, id)| format!("<li><code>{}</code> {}</li>", esc(kind), esc(id)))
+            .collect();
+        format!("<h2>Latest events</h2><ul id=\"events\">{items}</ul>")
     }
 
     /// Calls the service; `Err` is a message for the page.
@@ -65,6 +113,7 @@ pub fn router(demo: Arc<Demo>) -> Router {
         .route("/return", get(returned))
         .route("/charge", post(charge))
         .route("/charges/{id}", get(charge_page))
+        .route("/webhooks", post(webhook))
         .with_state(demo)
 }
 
@@ -150,14 +199,55 @@ struct Returned {
     mandate_id: Option<String>,
 }
 
+/// The service's webhooks: verified, then kept, newest state per resource by `sequence`.
+async fn webhook(State(demo): State<Arc<Demo>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let signed = SignedHeaders {
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+    };
+    if demo
+        .verifier
+        .verify(signed, &body, SystemTime::now())
+        .is_err()
+    {
+        return StatusCode::UNAUTHORIZED;
+    }
+    let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let id = event["resource"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let sequence = event["sequence"].as_i64().unwrap_or(0);
+    let mut seen = demo.seen.lock().expect("not poisoned");
+    // An older event arriving after a newer one changes nothing.
+    if seen.latest.get(&id).is_none_or(|(s, _)| *s < sequence) {
+        seen.latest
+            .insert(id.clone(), (sequence, event["data"].clone()));
+    }
+    let kind = event["type"].as_str().unwrap_or_default().to_owned();
+    seen.recent.push_front((kind, id));
+    seen.recent.truncate(RECENT);
+    StatusCode::NO_CONTENT
+}
+
 async fn returned(State(demo): State<Arc<Demo>>, Query(q): Query<Returned>) -> Response {
     let Some(id) = q.mandate_id.filter(|id| uuid::Uuid::parse_str(id).is_ok()) else {
         return error_page("No mandate to show.");
     };
-    let req = demo.http.get(format!("{}/mandates/{id}", demo.service_url));
-    let mandate = match demo.call(req).await {
-        Ok(m) => m,
-        Err(message) => return error_page(&message),
+    // What the webhooks said; the service is asked only before the first one came.
+    let mandate = match demo.latest(&id) {
+        Some(m) => m,
+        None => {
+            let req = demo.http.get(format!("{}/mandates/{id}", demo.service_url));
+            match demo.call(req).await {
+                Ok(m) => m,
+                Err(message) => return error_page(&message),
+            }
+        }
     };
     let status = mandate["status"].as_str().unwrap_or("unknown");
     let amount = mandate["amount"].as_i64().unwrap_or(0);
@@ -179,9 +269,10 @@ async fn returned(State(demo): State<Arc<Demo>>, Query(q): Query<Returned>) -> R
         "Your subscription",
         &format!(
             "<h1>Your subscription</h1><p>Mandate <code id=\"mandate-id\">{}</code> is \
-<strong id=\"mandate-status\">{}</strong>.</p>{action}",
+<strong id=\"mandate-status\">{}</strong>.</p>{action}{}",
             esc(&id),
-            esc(status)
+            esc(status),
+            demo.recent_html()
         ),
         status == "pending",
     )
@@ -216,10 +307,15 @@ async fn charge_page(State(demo): State<Arc<Demo>>, Path(id): Path<String>) -> R
     if uuid::Uuid::parse_str(&id).is_err() {
         return error_page("No such charge.");
     }
-    let req = demo.http.get(format!("{}/charges/{id}", demo.service_url));
-    let charge = match demo.call(req).await {
-        Ok(c) => c,
-        Err(message) => return error_page(&message),
+    let charge = match demo.latest(&id) {
+        Some(c) => c,
+        None => {
+            let req = demo.http.get(format!("{}/charges/{id}", demo.service_url));
+            match demo.call(req).await {
+                Ok(c) => c,
+                Err(message) => return error_page(&message),
+            }
+        }
     };
     let status = charge["status"].as_str().unwrap_or("unknown");
     let amount = money(
@@ -232,16 +328,17 @@ async fn charge_page(State(demo): State<Arc<Demo>>, Path(id): Path<String>) -> R
         "Charge",
         &format!(
             "<h1>Charge of {}</h1><p>Charge <code id=\"charge-id\">{}</code> is \
-<strong id=\"charge-status\">{}</strong>.</p>{}<p><a id=\"back\" href=\"/return?mandate_id={}\">Back to the subscription</a></p>",
+<strong id=\"charge-status\">{}</strong>.</p>{}<p><a id=\"back\" href=\"/return?mandate_id={}\">Back to the subscription</a></p>{}",
             esc(&amount),
             esc(&id),
             esc(status),
             if open {
-                "<p class=\"muted\">This page refreshes until Moment settles the charge.</p>"
+                "<p class=\"muted\">This page shows the charge as the service's webhooks tell it.</p>"
             } else {
                 ""
             },
-            esc(mandate)
+            esc(mandate),
+            demo.recent_html()
         ),
         open,
     )

@@ -152,13 +152,28 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<Dev> {
     config.default_return_url = Some(format!("{demo_url}/return"));
     config.worker_interval = opts.worker_interval;
     config.reconcile_after = opts.reconcile_after;
+    // The demo shop is the merchant: it gets every event, signed with its own secret.
+    let merchant_secret = {
+        let mut key = [0u8; 32];
+        key.iter_mut().for_each(|b| *b = fastrand::u8(..));
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        )
+    };
+    config.merchant_webhook = Some((format!("{demo_url}/webhooks"), merchant_secret.clone()));
     let service = tokio::spawn(crate::app::run(
         config,
         service_listener,
         stopped(rx.clone()),
     ));
 
-    let demo_app = demo::router(demo::Demo::new(&service_url, &api_key, &demo_url)?);
+    let demo_app = demo::router(demo::Demo::new(
+        &service_url,
+        &api_key,
+        &demo_url,
+        &merchant_secret,
+    )?);
     let demo_stop = stopped(rx);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(demo_listener, demo_app)

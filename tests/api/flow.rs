@@ -416,3 +416,50 @@ async fn a_thousand_charges_under_moment_faults_each_end_in_one_payment() {
         elapsed.as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shop_learns_of_the_charge_from_the_services_signed_webhooks() {
+    let stack = start_stack(|o| o.worker_interval = Duration::from_millis(200)).await;
+    // `dev` registered the shop's endpoint itself.
+    let endpoints = stack.get("/webhook-endpoints").await.body;
+    assert_eq!(
+        endpoints[0]["url"],
+        format!("{}/webhooks", stack.dev.demo_url)
+    );
+    let mandate = stack.active_mandate("demo-1", "4242424242424242").await;
+    let id = mandate["id"].as_str().unwrap();
+    let charge = stack
+        .post("/charges", &json!({"mandate_id": id}), "demo-c-1")
+        .await;
+    let charge_id = charge.body["id"].as_str().unwrap().to_owned();
+    let page = format!("{}/charges/{charge_id}", stack.dev.demo_url);
+    eventually("the shop's page to show the charge succeeded", async || {
+        let html = stack
+            .http
+            .get(&page)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        html.contains("<strong id=\"charge-status\">succeeded</strong>")
+            && html.contains("charge.succeeded")
+    })
+    .await;
+    // A forged webhook is refused by the shop.
+    let forged = stack
+        .http
+        .post(format!("{}/webhooks", stack.dev.demo_url))
+        .header("webhook-id", "evt_forged")
+        .header(
+            "webhook-timestamp",
+            crate::support::app::now_secs().to_string(),
+        )
+        .header("webhook-signature", "v1,AAAA")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+}
