@@ -10,6 +10,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::domain::terms::{Terms, Warning};
 use crate::domain::{Charge, ChargeStatus, Mandate, MandateStatus};
 
 /// A customer's authorisation for future charges (a `first_in_series` session at Moment).
@@ -20,7 +21,14 @@ use crate::domain::{Charge, ChargeStatus, Mandate, MandateStatus};
     "checkout_url": "https://checkout.momentpay.net/cktaoPzVYDN0rI7FH",
     "session_id": "ps_eLtQXMBUErQF5i", "customer_id": "cus_J17pnG25nuvKu",
     "payment_method_id": "pmt_izWG6Vcvy4VYiU", "payment_id": "pay_rOaZNqKZMFxsRb2NBL1cj",
-    "failure": null, "created_at": "2026-11-24T10:00:00Z", "updated_at": "2026-11-24T10:02:13Z"
+    "failure": null,
+    "terms": {"type": "scheduled", "amount": {"min": 5000, "max": 15000},
+              "recurrence": {"type": "monthly", "interval_count": 1}, "max_occurrences": 12,
+              "period_limits": {"period": "month", "max_count": 1}},
+    "ledger": {"occurrences_used": 3, "occurrences_left": 9,
+               "window": {"start": "2026-11-01", "end": "2026-12-01", "count": 1, "amount": 5000,
+                          "max_count": 1, "max_amount": null}},
+    "created_at": "2026-11-24T10:00:00Z", "updated_at": "2026-11-24T10:02:13Z"
 }))]
 #[serde(deny_unknown_fields)]
 pub struct MandateResponse {
@@ -40,12 +48,44 @@ pub struct MandateResponse {
     /// Why the mandate failed or expired: Moment's problem details or `last_payment_error`.
     #[schema(value_type = Option<Object>)]
     pub failure: Option<Value>,
+    /// What the customer consented to, as sent to Moment (`mandate_options`).
+    pub terms: Terms,
+    /// What the terms do to Moment's checkout (for example `capitec_pay_hidden`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
+    /// How much of the terms is used: only in `GET /mandates/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<Ledger>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: OffsetDateTime,
+}
+
+/// The consent ledger: how much of a mandate's terms is used, counting the first payment and
+/// every charge that succeeded or may still succeed.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Ledger {
+    pub occurrences_used: i64,
+    /// Null without `max_occurrences`.
+    pub occurrences_left: Option<i64>,
+    /// The current `period_limits` window, in Africa/Johannesburg days; null without limits.
+    pub window: Option<LedgerWindow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LedgerWindow {
+    /// The first day of the window and the day after its last (Africa/Johannesburg).
+    #[schema(format = Date)]
+    pub start: String,
+    #[schema(format = Date)]
+    pub end: String,
+    pub count: i64,
+    pub amount: i64,
+    pub max_count: Option<u32>,
+    pub max_amount: Option<i64>,
 }
 
 impl From<&Mandate> for MandateResponse {
@@ -63,6 +103,9 @@ impl From<&Mandate> for MandateResponse {
             payment_method_id: m.payment_method_id.clone(),
             payment_id: m.payment_id.clone(),
             failure: m.failure.as_ref().map(|f| f.0.clone()),
+            warnings: m.terms().warnings(),
+            terms: m.terms(),
+            ledger: None,
             created_at: m.created_at,
             updated_at: m.updated_at,
         }

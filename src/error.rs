@@ -51,8 +51,23 @@ pub enum ApiError {
     MomentUnavailable,
     #[error("the database is unavailable; retry later")]
     DatabaseUnavailable(#[source] sqlx::Error),
+    /// The charge would break the mandate's terms: nothing is recorded or sent.
+    #[error("{}", .0.detail)]
+    MandateTerms(Box<TermsBreach>),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
+}
+
+/// Which term a charge would break, with the numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TermsBreach {
+    /// `amount`, `validity_period`, `max_occurrences`, `period_limits.max_count` or
+    /// `period_limits.max_amount`.
+    pub term: &'static str,
+    pub detail: String,
+    pub limit: i64,
+    pub used: i64,
+    pub requested: i64,
 }
 
 impl ApiError {
@@ -72,9 +87,10 @@ impl ApiError {
 
     fn status(&self) -> StatusCode {
         match self {
-            Self::Invalid { .. } | Self::IdempotencyMismatch | Self::MomentRejected(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::Invalid { .. }
+            | Self::IdempotencyMismatch
+            | Self::MomentRejected(_)
+            | Self::MandateTerms(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Malformed { .. } => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -107,6 +123,7 @@ impl ApiError {
             Self::MomentRejected(_) => "moment-rejected",
             Self::MomentUnavailable => "moment-unavailable",
             Self::DatabaseUnavailable(_) => "database-unavailable",
+            Self::MandateTerms(_) => "mandate-terms",
             Self::Internal(_) => "internal-error",
         }
     }
@@ -139,6 +156,16 @@ pub struct Problem {
     /// The offending field, as a JSON path (`customer.email`) or a header or parameter name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// For `mandate-terms`: the term the charge would break, its limit, how much of it is
+    /// used, and what the charge asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<i64>,
 }
 
 impl Problem {
@@ -149,6 +176,10 @@ impl Problem {
             status: status.as_u16(),
             detail,
             field,
+            term: None,
+            limit: None,
+            used: None,
+            requested: None,
         }
     }
 }
@@ -177,7 +208,14 @@ impl IntoResponse for ApiError {
             Self::Invalid { field, .. } | Self::Malformed { field, .. } => field.clone(),
             _ => None,
         };
-        let mut resp = Problem::new(status, self.slug(), self.to_string(), field).into_response();
+        let mut problem = Problem::new(status, self.slug(), self.to_string(), field);
+        if let Self::MandateTerms(b) = &self {
+            problem.term = Some(b.term.to_owned());
+            problem.limit = Some(b.limit);
+            problem.used = Some(b.used);
+            problem.requested = Some(b.requested);
+        }
+        let mut resp = problem.into_response();
         if status == StatusCode::UNAUTHORIZED && matches!(self, Self::Unauthorized) {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -2,7 +2,7 @@
 //! billing run, and what each run counted.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -356,5 +356,39 @@ pub async fn settle(db: &PgPool, n: usize, within: Duration) -> anyhow::Result<(
             bail!("only {done} of {n} charges succeeded within {within:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A local receiver for the service's webhooks out: answers every POST 204 and counts it.
+pub struct Receiver {
+    pub url: String,
+    count: Arc<AtomicU64>,
+}
+
+impl Receiver {
+    pub async fn start() -> anyhow::Result<Self> {
+        let count = Arc::new(AtomicU64::new(0));
+        let counted = count.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                let counted = counted.clone();
+                async move {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { url, count })
+    }
+
+    /// Deliveries received so far.
+    pub fn received(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
     }
 }

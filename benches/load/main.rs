@@ -98,7 +98,8 @@ async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
             .env("MOMENT_API_URL", &sim_url)
             .env("MOMENT_SECRET_KEY", MOMENT_KEY)
             .env("MOMENT_WEBHOOK_SECRETS", &secret)
-            .env("API_KEYS", API_KEY),
+            .env("API_KEYS", API_KEY)
+            .env("WORKER_INTERVAL_SECS", "0.2"),
     )?;
     let http = reqwest::Client::new();
     wait_ready(&http, &format!("{service_url}/readyz"), &mut service).await?;
@@ -148,6 +149,9 @@ struct Measured {
     billing_setup_secs: f64,
     sim_sessions: u64,
     sim_payments: u64,
+    /// Events delivered to the local receiver, and how long that took.
+    events_out: u64,
+    events_out_secs: f64,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -161,6 +165,26 @@ async fn measure(
     sim_url: &str,
     pids: (u32, u32),
 ) -> anyhow::Result<Measured> {
+    // Webhooks out: an endpoint at a receiver in this process, created now and disabled, so
+    // that the events of every run below wait for it; enabled after the billing run.
+    let receiver = drivers::Receiver::start().await?;
+    let endpoint: Value = http
+        .post(format!("{service_url}/webhook-endpoints"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"url": receiver.url}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let endpoint_id = endpoint["id"].as_str().unwrap_or_default().to_owned();
+    http.patch(format!("{service_url}/webhook-endpoints/{endpoint_id}"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"enabled": false}))
+        .send()
+        .await?
+        .error_for_status()?;
+
     // The ceiling: the transaction one webhook needs, as pgbench runs it.
     let pgbench_rows = 100_000;
     sqlx::query(
@@ -286,7 +310,40 @@ async fn measure(
     println!(
         "bench: per charge, Moment took {moment_ms:.1} ms of the service's {handler_ms:.1} ms"
     );
+    // Events out: every event written since the endpoint was made, fanned out and delivered.
+    let waiting: i64 = sqlx::query_scalar(
+        "select count(*) from event e, webhook_endpoint w
+         where w.id = $1::uuid and (e.xid, e.position) > (w.cursor_xid, w.cursor_position)",
+    )
+    .bind(&endpoint_id)
+    .fetch_one(db)
+    .await?;
+    http.patch(format!("{service_url}/webhook-endpoints/{endpoint_id}"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"enabled": true}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let out_started = Instant::now();
+    let deadline = out_started + Duration::from_secs(600);
+    while receiver.received() < waiting as u64 {
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {waiting} events delivered in 600 s",
+                receiver.received()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events_out_secs = out_started.elapsed().as_secs_f64();
+    let events_out = waiting as u64;
+    println!(
+        "bench: events out: {events_out} events delivered in {events_out_secs:.1} s: {:.0} events/s",
+        events_out as f64 / events_out_secs
+    );
     Ok(Measured {
+        events_out,
+        events_out_secs,
         statement_tps: statement.0,
         moment_ms,
         handler_ms,

@@ -152,7 +152,7 @@ fn error_page(message: &str) -> Response {
 async fn home() -> Html<String> {
     page(
         "Demo shop",
-        "<h1>Coffee club: R 50.00 a month</h1>\
+        "<h1>Coffee club: R 50 to R 150 a month, up to 12 payments</h1>\
 <form method=\"post\" action=\"/subscribe\">\
 <label for=\"name\">Name</label><input id=\"name\" name=\"name\" value=\"Thandi Example\" required>\
 <label for=\"email\">E-mail</label><input id=\"email\" name=\"email\" type=\"email\" value=\"thandi@example.com\" required>\
@@ -174,11 +174,18 @@ async fn subscribe(State(demo): State<Arc<Demo>>, Form(form): Form<Subscribe>) -
     let Ok(amount) = form.amount.trim().parse::<i64>() else {
         return error_page("The amount must be a whole number of cents.");
     };
+    // The plan's terms: R 50 to R 150 once a month, up to 12 payments.
     let body = json!({
         "amount": amount,
         "currency": "ZAR",
         "customer": {"name": form.name, "email": form.email},
         "return_url": format!("{}/return", demo.demo_url),
+        "terms": {
+            "type": "scheduled",
+            "amount": {"min": 5000, "max": 15000},
+            "recurrence": {"type": "monthly", "interval_count": 1},
+            "max_occurrences": 12
+        },
     });
     let req = demo
         .http
@@ -253,8 +260,23 @@ async fn returned(State(demo): State<Arc<Demo>>, Query(q): Query<Returned>) -> R
     let amount = mandate["amount"].as_i64().unwrap_or(0);
     let currency = mandate["currency"].as_str().unwrap_or("ZAR");
     let action = if status == "active" {
+        // The consent ledger, read once: this page no longer refreshes.
+        let req = demo.http.get(format!("{}/mandates/{id}", demo.service_url));
+        let ledger = match demo.call(req).await {
+            Ok(m) => {
+                let l = &m["ledger"];
+                let left = l["occurrences_left"]
+                    .as_i64()
+                    .map_or_else(String::new, |n| format!(", {n} left"));
+                format!(
+                    "<p id=\"ledger\">Payments made: {}{left}.</p>",
+                    l["occurrences_used"].as_i64().unwrap_or(0)
+                )
+            }
+            Err(_) => String::new(),
+        };
         format!(
-            "<form method=\"post\" action=\"/charge\"><input type=\"hidden\" name=\"mandate_id\" value=\"{}\">\
+            "{ledger}<form method=\"post\" action=\"/charge\"><input type=\"hidden\" name=\"mandate_id\" value=\"{}\">\
 <label for=\"charge-amount\">Amount (cents)</label><input id=\"charge-amount\" name=\"amount\" value=\"{amount}\">\
 <button id=\"charge\" type=\"submit\">Charge {}</button></form>",
             esc(&id),

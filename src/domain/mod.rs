@@ -3,6 +3,7 @@
 
 mod model;
 mod status;
+pub mod terms;
 
 pub use model::{Charge, Mandate};
 pub use status::{ChargeStatus, MandateStatus};

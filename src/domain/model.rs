@@ -35,6 +35,19 @@ pub struct Mandate {
     pub locked_until: Option<OffsetDateTime>,
     /// When the customer's return last fetched the session from Moment.
     pub refreshed_at: Option<OffsetDateTime>,
+    /// What the customer consented to; null only for mandates made before terms existed.
+    pub terms: Option<Json<super::terms::Terms>>,
+}
+
+impl Mandate {
+    /// The mandate's terms: its own, or for a mandate made before terms existed, its amount
+    /// as the ceiling of every charge.
+    pub fn terms(&self) -> super::terms::Terms {
+        self.terms.as_ref().map_or_else(
+            || super::terms::Terms::ceiling(self.amount),
+            |t| t.0.clone(),
+        )
+    }
 }
 
 /// One merchant-initiated payment under a mandate (a `next_in_series` session at Moment).

@@ -29,6 +29,9 @@ pub enum SessionOptions {
     FirstInSeries {
         customer: NewCustomer,
         checkout_options: CheckoutOptions,
+        /// The customer's consent terms (`domain::terms::Terms`), as Moment takes them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mandate_options: Option<serde_json::Value>,
     },
     /// `next_in_series`: ids from the completed `first_in_series`, as plain strings.
     NextInSeries {

@@ -43,6 +43,11 @@ pub struct CreateCharge {
     #[serde(default)]
     #[schema(schema_with = metadata_schema)]
     pub metadata: BTreeMap<String, String>,
+    /// `true`: only answer whether the charge would pass the mandate's terms (`200`, or the
+    /// `mandate-terms` problem it would get); nothing is recorded or sent, and no
+    /// `Idempotency-Key` is needed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl CreateCharge {
@@ -68,6 +73,7 @@ impl CreateCharge {
             currency: self.currency,
             reference: self.reference,
             metadata: self.metadata,
+            dry_run: self.dry_run,
         })
     }
 }
@@ -83,13 +89,15 @@ impl CreateCharge {
     responses(
         (status = 201, description = "Moment has the charge: `processing`, then `succeeded` or `failed` by webhook", body = ChargeResponse,
          headers(("Location" = String), ("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 200, description = "`dry_run`: the charge would pass the mandate's terms; nothing was recorded", body = Object,
+         example = json!({"dry_run": true, "passes": true, "mandate_id": "01a20e0a-fb07-7569-a87f-9afae148c0ff", "amount": 5000, "currency": "ZAR"})),
         (status = 202, description = "Moment's answer is not known yet: `pending`, resent in the background under the same Moment key; or `needs_review`, when it can no longer be sent or learnt safely", body = ChargeResponse,
          headers(("Location" = String), ("Idempotent-Replayed" = String, description = "`true` on a replay"))),
         MerchantErrors,
         (status = 404, description = "No such mandate", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The mandate is not active, or a request with this key is still in progress", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field (see `field`), or the key was used with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field (see `field`), the key was used with another body, or the charge would break the mandate's terms (type `mandate-terms`, with `term`, `limit`, `used` and `requested`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable; retry with the same key", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -98,8 +106,7 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateCharge>,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?
-        .ok_or_else(|| ApiError::malformed("Idempotency-Key", "this header is required"))?;
+    let key = idempotency_key(&headers)?;
     let hash = request_hash(&body);
     let req = body.check()?;
     let answer = flow::create(&state, req, key, hash).await?;

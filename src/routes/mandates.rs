@@ -15,6 +15,7 @@ use super::{
 };
 use crate::api::{MandateResponse, RevokeResponse, RevokedCharges};
 use crate::domain::MandateStatus;
+use crate::domain::terms::Terms;
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 use crate::store::mandates as store;
@@ -40,12 +41,18 @@ pub struct CreateMandate {
     /// Where the customer goes after checkout: an absolute http(s) URL.
     #[schema(
         format = "uri",
-        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*\.?(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?([/?#][!-~]*)?$"
+        max_length = 2048,
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://(([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*\.?|(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?([/?](?:[A-Za-z0-9._~:/?@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)?(#(?:[A-Za-z0-9._~:/?@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)?$"
     )]
     pub return_url: Option<String>,
     /// The merchant's own reference: 1 to 255 characters.
     #[schema(min_length = 1, max_length = 255, pattern = r"^[^\x00]*$")]
     pub reference: Option<String>,
+    /// What the customer consents to, as Moment's `mandate_options`; without it, the mandate's
+    /// `amount` is the ceiling of every charge (so an `amount` of 0, a card verification, needs
+    /// terms saying what may later be charged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terms: Option<Terms>,
     #[serde(default)]
     #[schema(schema_with = metadata_schema)]
     pub metadata: BTreeMap<String, String>,
@@ -60,8 +67,10 @@ pub struct Customer {
         pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]([^\x00]{0,198}[^\x00\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
     )]
     pub name: String,
-    /// One `@`, a dot inside the domain, no whitespace; at most 254 bytes.
-    #[schema(format = Email, max_length = 254, pattern = r"^[^\x00@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+@[^\x00@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000.][^\x00@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*\.[^\x00@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000.]$")]
+    /// An address of the common form: a local part of letters, digits and
+    /// ``!#$%&'*+/=?^_`{|}~.-``, one `@`, and a domain of letter, digit and hyphen labels with
+    /// at least one dot; at most 254 characters.
+    #[schema(format = Email, max_length = 254, pattern = r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")]
     pub email: String,
 }
 
@@ -88,18 +97,28 @@ impl CreateMandate {
             ));
         }
         // Checked, then kept exactly as given (a trailing slash or `?next=/` included).
-        if let Some(u) = &self.return_url
-            && crate::config::http_url("return_url", u).is_err()
-        {
-            return Err(ApiError::invalid(
-                "return_url",
-                "must be an absolute http(s) URL",
-            ));
+        if let Some(u) = &self.return_url {
+            super::check_http_url("return_url", u)?;
         }
         let return_url = self.return_url.clone();
         check_reference(self.reference.as_deref())?;
         check_metadata(&self.metadata)?;
+        let terms = match self.terms {
+            Some(t) => {
+                t.check(self.amount)
+                    .map_err(|e| ApiError::invalid(e.field, e.detail))?;
+                t
+            }
+            None if self.amount == 0 => {
+                return Err(ApiError::invalid(
+                    "terms",
+                    "a card verification (amount 0) must say what may later be charged: give terms.amount",
+                ));
+            }
+            None => Terms::ceiling(self.amount),
+        };
         Ok(MandateRequest {
+            terms,
             amount: self.amount,
             currency: self.currency,
             customer_name: name.to_owned(),
@@ -112,17 +131,20 @@ impl CreateMandate {
 }
 
 /// One `@`, something on each side, a dot in the domain, no spaces; Moment checks the rest.
+/// The form the document states for `customer.email`; Moment checks the rest.
 fn plausible_email(email: &str) -> bool {
-    let email = email.trim();
+    const LOCAL: &str = "!#$%&'*+/=?^_`{|}~.-";
     match email.split_once('@') {
         Some((local, domain)) => {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-                && !domain.contains('@')
-                && email.len() <= 254
-                && !email.chars().any(|c| c.is_whitespace() || c == '\0')
+            email.len() <= 254
+                && !local.is_empty()
+                && local
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || LOCAL.contains(c))
+                && domain.split('.').count() >= 2
+                && domain.split('.').all(|l| {
+                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                })
         }
         None => false,
     }
@@ -213,7 +235,7 @@ pub async fn create(
     get, path = "/mandates/{id}", tag = "mandates", operation_id = "getMandate", security(("api_key" = [])),
     params(("id" = Uuid, Path, description = "Mandate id")),
     responses(
-        (status = 200, description = "The mandate", body = MandateResponse),
+        (status = 200, description = "The mandate, with its consent ledger", body = MandateResponse),
         MerchantErrors,
         (status = 404, description = "No such mandate", body = Problem, content_type = "application/problem+json"),
     )
@@ -225,7 +247,11 @@ pub async fn show(
     let id = parse_id(&id, "mandate")?;
     let mandate = store::by_id(&state.db, id).await?;
     let mandate = mandate.ok_or(ApiError::NotFound("mandate"))?;
-    Ok(Json(MandateResponse::from(&mandate)))
+    let mut conn = state.db.acquire().await?;
+    let now = time::OffsetDateTime::now_utc();
+    let mut answer = MandateResponse::from(&mandate);
+    answer.ledger = Some(crate::workflow::terms::ledger(&mut conn, &mandate, now).await?);
+    Ok(Json(answer))
 }
 
 /// `GET /mandates` filters.

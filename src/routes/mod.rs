@@ -179,6 +179,60 @@ pub fn check_text(field: &str, text: &str) -> Result<(), ApiError> {
     }
 }
 
+/// An absolute http(s) URL made only of what a URI may hold (RFC 3986: its characters, `%`
+/// followed by two hex digits, one `#` at most), as the document's `uri` format says.
+pub fn check_http_url(field: &str, url: &str) -> Result<(), ApiError> {
+    const EXTRA: &str = "-._~:/?#@!$&'()*+,;=%";
+    let bytes = url.as_bytes();
+    let chars_ok = url
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || EXTRA.contains(c));
+    let escapes_ok = bytes.iter().enumerate().all(|(i, b)| {
+        *b != b'%'
+            || (bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    let one_fragment = url.matches('#').count() <= 1;
+    let parsed = crate::config::http_url("url", url).is_ok();
+    if !(chars_ok && escapes_ok && one_fragment && parsed && plain_host(url)) || url.len() > 2048 {
+        return Err(ApiError::invalid(field, "must be an absolute http(s) URL"));
+    }
+    Ok(())
+}
+
+/// The authority of an `http(s)://` URL is a DNS name (letter, digit and hyphen labels, the
+/// last starting with a letter, an optional final dot) or an IPv4 address, and an optional
+/// port up to 65535.
+fn plain_host(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| n <= 65535)
+    });
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return port_ok;
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let labels: Vec<&str> = host.split('.').collect();
+    let labels_ok = labels
+        .iter()
+        .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    let last_ok = labels
+        .last()
+        .and_then(|l| l.bytes().next())
+        .is_some_and(|b| b.is_ascii_alphabetic());
+    port_ok && labels_ok && last_ok
+}
+
 /// ISO 4217 form: three capital letters.
 pub fn check_currency(field: &str, currency: &str) -> Result<(), ApiError> {
     if currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase()) {

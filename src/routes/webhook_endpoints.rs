@@ -23,10 +23,11 @@ pub struct CreateEndpoint {
     #[schema(
         format = "uri",
         max_length = 2048,
-        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*\.?(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?([/?#][!-~]*)?$"
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://(([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*\.?|(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?([/?](?:[A-Za-z0-9._~:/?@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)?(#(?:[A-Za-z0-9._~:/?@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)?$"
     )]
     pub url: String,
     /// The event types to send (see `GET /events`); all when absent or null.
+    #[schema(min_items = 1)]
     pub event_types: Option<Vec<EventType>>,
 }
 
@@ -76,12 +77,12 @@ pub struct UpdateEndpoint {
     #[schema(
         format = "uri",
         max_length = 2048,
-        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*\.?(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?([/?#][!-~]*)?$"
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://(([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*\.?|(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?([/?](?:[A-Za-z0-9._~:/?@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)?(#(?:[A-Za-z0-9._~:/?@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)?$"
     )]
     pub url: Option<String>,
     /// The event types to send; null for all.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<EventType>>)]
+    #[schema(value_type = Option<Vec<EventType>>, min_items = 1)]
     pub event_types: Option<Option<Vec<EventType>>>,
     /// `false` stops deliveries; `true` starts them again (and clears a failing streak).
     pub enabled: Option<bool>,
@@ -102,10 +103,7 @@ pub struct Recover {
 }
 
 fn check_url(url: &str) -> Result<(), ApiError> {
-    if url.len() > 2048 || crate::config::http_url("url", url).is_err() {
-        return Err(ApiError::invalid("url", "must be an absolute http(s) URL"));
-    }
-    Ok(())
+    super::check_http_url("url", url)
 }
 
 fn check_types(types: &Option<Vec<EventType>>) -> Result<Option<Vec<String>>, ApiError> {

@@ -315,6 +315,36 @@ pub async fn close_past_window(conn: impl PgExecutor<'_>, window_secs: f64) -> s
     Ok(done.rows_affected())
 }
 
+/// What a mandate's charges use of its terms: those that succeeded or may still succeed
+/// (`pending`, `processing`, `succeeded`, `needs_review`), in all and within `[from, to)`.
+#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
+pub struct Usage {
+    pub occurrences: i64,
+    pub window_count: i64,
+    pub window_amount: i64,
+}
+
+pub async fn usage(
+    conn: impl PgExecutor<'_>,
+    mandate_id: Uuid,
+    from: time::OffsetDateTime,
+    to: time::OffsetDateTime,
+) -> sqlx::Result<Usage> {
+    sqlx::query_as(
+        "select count(*) as occurrences,
+                count(*) filter (where created_at >= $2 and created_at < $3) as window_count,
+                coalesce(sum(amount) filter (where created_at >= $2 and created_at < $3), 0)::bigint
+                    as window_amount
+         from charge
+         where mandate_id = $1 and status in ('pending', 'processing', 'succeeded', 'needs_review')",
+    )
+    .bind(mandate_id)
+    .bind(from)
+    .bind(to)
+    .fetch_one(conn)
+    .await
+}
+
 /// The mandate's charges still open (`pending`, `processing`, `needs_review`): what a
 /// revocation leaves to Moment or to their senders.
 pub async fn open_for_mandate(

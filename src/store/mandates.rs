@@ -8,6 +8,7 @@ use sqlx::types::Json;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use crate::domain::terms::Terms;
 use crate::domain::{Mandate, MandateStatus, Transition};
 use crate::moment::wire::Session;
 use crate::store::Recorded;
@@ -23,6 +24,7 @@ pub struct NewMandate<'a> {
     pub customer_name: &'a str,
     pub customer_email: &'a str,
     pub return_url: Option<&'a str>,
+    pub terms: &'a Terms,
     pub idempotency_key: Option<&'a str>,
     pub request_hash: &'a str,
     pub lease_secs: f64,
@@ -36,8 +38,8 @@ pub async fn insert(
 ) -> sqlx::Result<Option<Mandate>> {
     sqlx::query_as(
         "insert into mandate (id, amount, currency, reference, metadata, customer_name, customer_email,
-                              return_url, idempotency_key, request_hash, locked_until)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11))
+                              return_url, idempotency_key, request_hash, locked_until, terms)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12)
          on conflict (idempotency_key) do nothing
          returning *",
     )
@@ -52,6 +54,7 @@ pub async fn insert(
     .bind(m.idempotency_key)
     .bind(m.request_hash)
     .bind(m.lease_secs)
+    .bind(Json(m.terms))
     .fetch_optional(conn)
     .await
 }
@@ -232,6 +235,14 @@ pub async fn claim_refresh(
     .bind(every_secs)
     .fetch_optional(conn)
     .await
+}
+
+/// Locks an active mandate's row until the transaction ends, for a charge's terms check.
+pub async fn lock_active(conn: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Mandate>> {
+    sqlx::query_as("select * from mandate where id = $1 and status = 'active' for update")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
 }
 
 /// Filters of `GET /mandates`.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{events, refusal};
+use super::{events, refusal, terms};
 use crate::api::ChargeResponse;
 use crate::domain::{Charge, ChargeStatus, MandateStatus};
 use crate::error::ApiError;
@@ -28,6 +28,8 @@ pub struct ChargeRequest {
     pub currency: Option<String>,
     pub reference: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// Only check the terms; record and send nothing.
+    pub dry_run: bool,
 }
 
 /// The answer for the merchant: status, body, and whether it is a replay.
@@ -38,14 +40,21 @@ pub struct Answer {
 }
 
 /// Records the charge under the merchant's key, sends it to Moment, and keeps the answer so
-/// that a retry under the same key gets the same one without a second call to Moment.
+/// that a retry under the same key gets the same one without a second call to Moment. The
+/// charge is first held to the mandate's terms; a breach is a `mandate-terms` 422 and records
+/// nothing. With `dry_run`, only the terms are checked.
 pub async fn create(
     state: &AppState,
     req: ChargeRequest,
-    key: String,
+    key: Option<String>,
     hash: String,
 ) -> Result<Answer, ApiError> {
-    // The usual case costs one statement: the charge is recorded with the mandate's checks.
+    let now = time::OffsetDateTime::now_utc();
+    if req.dry_run {
+        return dry_run(state, &req, now).await;
+    }
+    let key =
+        key.ok_or_else(|| ApiError::malformed("Idempotency-Key", "this header is required"))?;
     let token = Uuid::new_v4();
     let new = NewCharge {
         id: Uuid::now_v7(),
@@ -59,7 +68,38 @@ pub async fn create(
         lease_secs: send_lease_secs(state),
         lease_token: token,
     };
-    let Some(charge) = charges::insert(&state.db, &new).await? else {
+    let Some(mandate) = mandates::by_id(&state.db, req.mandate_id).await? else {
+        return Err(ApiError::NotFound("mandate"));
+    };
+    let terms = mandate.terms();
+    let amount = req.amount.unwrap_or(mandate.amount);
+    let inserted = if terms.counts() {
+        // A retry is answered from the charge it made, whatever the terms say now.
+        if let Some(existing) = charges::by_idempotency_key(&state.db, &key).await? {
+            return resume(state, existing, &hash).await;
+        }
+        // Counted terms: checked and recorded with the mandate's row locked, so that
+        // concurrent charges cannot pass a limit together.
+        let mut tx = state.db.begin().await?;
+        let Some(locked) = mandates::lock_active(&mut *tx, req.mandate_id).await? else {
+            drop(tx);
+            return Err(refuse(state, &req).await?);
+        };
+        terms::check(&mut tx, &locked, amount, now).await?;
+        let inserted = charges::insert(&mut *tx, &new).await?;
+        tx.commit().await?;
+        inserted
+    } else {
+        // The usual case costs one statement: the charge is recorded with the mandate's checks.
+        if let Err(e) = terms::check_static(&terms, amount, now) {
+            if let Some(existing) = charges::by_idempotency_key(&state.db, &key).await? {
+                return resume(state, existing, &hash).await;
+            }
+            return Err(e);
+        }
+        charges::insert(&state.db, &new).await?
+    };
+    let Some(charge) = inserted else {
         // A retry under a known key, or a mandate that does not qualify: say which.
         if let Some(existing) = charges::by_idempotency_key(&state.db, &key).await? {
             return resume(state, existing, &hash).await;
@@ -69,6 +109,34 @@ pub async fn create(
     tracing::info!(charge_id = %charge.id, mandate_id = %charge.mandate_id, "charge recorded");
     let charge = send(state, charge, token).await?;
     answer(state, &charge, false).await
+}
+
+/// Whether the charge would pass: the same checks and the same problem, nothing recorded.
+async fn dry_run(
+    state: &AppState,
+    req: &ChargeRequest,
+    now: time::OffsetDateTime,
+) -> Result<Answer, ApiError> {
+    let mandate = match mandates::by_id(&state.db, req.mandate_id).await? {
+        Some(m)
+            if m.status == MandateStatus::Active
+                && req.currency.as_ref().is_none_or(|c| *c == m.currency) =>
+        {
+            m
+        }
+        _ => return Err(refuse(state, req).await?),
+    };
+    let amount = req.amount.unwrap_or(mandate.amount);
+    let mut conn = state.db.acquire().await?;
+    terms::check(&mut conn, &mandate, amount, now).await?;
+    Ok(Answer {
+        status: 200,
+        body: json!({
+            "dry_run": true, "passes": true, "mandate_id": mandate.id,
+            "amount": amount, "currency": mandate.currency,
+        }),
+        replayed: false,
+    })
 }
 
 /// Why `req`'s mandate cannot be charged.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::{events, lease_secs, refusal};
+use crate::domain::terms::Terms;
 use crate::domain::{ChargeStatus, Mandate, MandateStatus};
 use crate::error::ApiError;
 use crate::moment::MomentError;
@@ -25,6 +26,8 @@ pub struct MandateRequest {
     pub return_url: Option<String>,
     pub reference: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// Checked terms (the explicit ceiling when the merchant gave none).
+    pub terms: Terms,
 }
 
 /// The mandate, and whether it was there before this request (an idempotent retry).
@@ -55,6 +58,7 @@ pub async fn create(
         customer_name: &req.customer_name,
         customer_email: &req.customer_email,
         return_url: req.return_url.as_deref(),
+        terms: &req.terms,
         idempotency_key: key.as_deref(),
         request_hash: &hash,
         lease_secs: lease_secs(state),
@@ -111,6 +115,7 @@ async fn open_session(state: &AppState, mandate: Mandate) -> Result<Mandate, Api
             checkout_options: CheckoutOptions {
                 return_url: format!("{}/mandates/{id}/return", state.settings.public_url),
             },
+            mandate_options: serde_json::to_value(mandate.terms()).ok(),
         },
         external_reference: Some(id.clone()),
         metadata: mandate.metadata.0.clone(),

@@ -7,6 +7,7 @@ pub mod charges;
 pub mod events;
 pub mod mandates;
 pub mod outbound;
+pub mod terms;
 
 use serde_json::{Value, json};
 

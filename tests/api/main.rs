@@ -16,4 +16,5 @@ mod server;
 mod sim_api;
 mod support;
 mod surface;
+mod terms;
 mod webhooks;
