@@ -275,10 +275,10 @@ impl Terms {
                     "is required for an installment mandate",
                 ));
             }
-            (TermsType::Installment, Some(t)) => {
-                if !matches!(t["type"].as_str(), Some("periodic" | "fixed")) {
-                    return Err(invalid("terms.terms.type", "must be periodic or fixed"));
-                }
+            (TermsType::Installment, Some(t))
+                if !matches!(t["type"].as_str(), Some("periodic" | "fixed")) =>
+            {
+                return Err(invalid("terms.terms.type", "must be periodic or fixed"));
             }
             (_, Some(_)) => {
                 return Err(invalid(

@@ -63,7 +63,7 @@ enum Carried {
     Nothing,
     /// A `payment_session.*` event whose `data` is not a session we can read.
     Unreadable(String),
-    Session(Session),
+    Session(Box<Session>),
 }
 
 fn carried(event: &Event) -> Carried {
@@ -71,7 +71,7 @@ fn carried(event: &Event) -> Carried {
         return Carried::Nothing;
     }
     match serde_json::from_value(event.data.clone()) {
-        Ok(session) => Carried::Session(session),
+        Ok(session) => Carried::Session(Box::new(session)),
         Err(e) => Carried::Unreadable(e.to_string()),
     }
 }
@@ -79,7 +79,7 @@ fn carried(event: &Event) -> Carried {
 /// The session carried by a `payment_session.*` event, if it is one we can read.
 fn session_of(event: &Event) -> Option<Session> {
     match carried(event) {
-        Carried::Session(s) => Some(s),
+        Carried::Session(s) => Some(*s),
         _ => None,
     }
 }
@@ -102,7 +102,7 @@ pub async fn receive(
 ) -> sqlx::Result<Receipt> {
     let carried = carried(event);
     let session = match &carried {
-        Carried::Session(s) => Some(s),
+        Carried::Session(s) => Some(s.as_ref()),
         _ => None,
     };
     let new = NewEvent {
