@@ -25,10 +25,27 @@ pub struct Due {
     pub event_created_at: OffsetDateTime,
 }
 
-/// Takes the lease (`token`) of up to `limit` deliveries due now, to enabled endpoints,
-/// skipping those another replica holds.
+/// Enabled endpoints with deliveries due now that nobody holds, the longest waiting first:
+/// each gets a lane of its own in the worker, so a slow one holds back only itself.
+pub async fn endpoints_due(conn: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "select d.endpoint_id from delivery d join webhook_endpoint w on w.id = d.endpoint_id
+         where d.status = 'pending' and d.next_attempt_at <= now()
+           and coalesce(d.locked_until, '-infinity') < now() and w.enabled
+         group by d.endpoint_id
+         order by min(d.next_attempt_at)
+         limit $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Takes the lease (`token`) of up to `limit` deliveries to `endpoint_id` due now, skipping
+/// those another replica holds.
 pub async fn claim_due(
     conn: impl PgExecutor<'_>,
+    endpoint_id: Uuid,
     limit: i64,
     lease_secs: f64,
     token: Uuid,
@@ -38,7 +55,7 @@ pub async fn claim_due(
              update delivery set locked_until = now() + make_interval(secs => $2), lease_token = $3
              where id in (
                  select d.id from delivery d join webhook_endpoint w on w.id = d.endpoint_id
-                 where d.status = 'pending' and d.next_attempt_at <= now()
+                 where d.endpoint_id = $4 and d.status = 'pending' and d.next_attempt_at <= now()
                    and coalesce(d.locked_until, '-infinity') < now() and w.enabled
                  order by d.next_attempt_at
                  limit $1
@@ -55,6 +72,7 @@ pub async fn claim_due(
     .bind(limit)
     .bind(lease_secs)
     .bind(token)
+    .bind(endpoint_id)
     .fetch_all(conn)
     .await
 }

@@ -8,8 +8,8 @@
 //! schedule (by default immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, then given
 //! up), never before the endpoint's `Retry-After`. `410 Gone` disables the endpoint; so does
 //! failing for 5 days, with a `webhook_endpoint.disabled` event. Deliveries are sent
-//! concurrently, each bounded by a 15 s timeout, so one slow or dead endpoint never holds the
-//! others back.
+//! concurrently in one lane per endpoint, each bounded by a 15 s timeout, so one slow or dead
+//! endpoint never holds the others back.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,8 +33,11 @@ pub const DISABLE_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
 /// How long the new secret's predecessor keeps signing after a rotation (seconds).
 pub const ROTATION_OVERLAP_SECS: f64 = 24.0 * 3600.0;
 
-/// Deliveries sent at once by one worker run, at most.
-const SEND_BATCH: i64 = 32;
+/// Endpoints served at once by one worker run, at most (one lane each).
+const LANES: i64 = 32;
+
+/// Deliveries to one endpoint in flight at once.
+const PER_LANE: i64 = 8;
 
 /// Events fanned out per endpoint and step.
 const FAN_OUT_BATCH: i64 = 500;
@@ -108,10 +111,40 @@ pub async fn run(state: &AppState, deadline: Instant) -> sqlx::Result<Sent> {
         }
         sent.fanned_out += n;
     }
+    // One lane per endpoint with work due: a lane sends its endpoint's deliveries a few at a
+    // time until none is due or the budget is spent, so a slow or dead endpoint holds back
+    // only its own lane.
+    let lanes = deliveries::endpoints_due(&state.db, LANES).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for endpoint_id in lanes {
+        let st = state.clone();
+        tasks.spawn(async move { lane(&st, endpoint_id, deadline).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok((ok, failed))) => {
+                sent.delivered += ok;
+                sent.failed += failed;
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(e) => tracing::error!(error = %e, "a delivery lane failed"),
+        }
+    }
+    Ok(sent)
+}
+
+/// Sends one endpoint's due deliveries, `PER_LANE` at once, until none is due or `deadline`.
+/// Returns how many it took and how many it did not.
+async fn lane(
+    state: &AppState,
+    endpoint_id: Uuid,
+    deadline: Instant,
+) -> sqlx::Result<(usize, usize)> {
+    let (mut ok, mut failed) = (0, 0);
     while Instant::now() < deadline {
         let token = Uuid::new_v4();
         let lease = 2.0 * ATTEMPT_TIMEOUT.as_secs_f64() + 5.0;
-        let due = deliveries::claim_due(&state.db, SEND_BATCH, lease, token).await?;
+        let due = deliveries::claim_due(&state.db, endpoint_id, PER_LANE, lease, token).await?;
         if due.is_empty() {
             break;
         }
@@ -122,14 +155,14 @@ pub async fn run(state: &AppState, deadline: Instant) -> sqlx::Result<Sent> {
         }
         while let Some(done) = tasks.join_next().await {
             match done {
-                Ok(Ok(true)) => sent.delivered += 1,
-                Ok(Ok(false)) => sent.failed += 1,
+                Ok(Ok(true)) => ok += 1,
+                Ok(Ok(false)) => failed += 1,
                 Ok(Err(e)) => return Err(e),
                 Err(e) => tracing::error!(error = %e, "a delivery task failed"),
             }
         }
     }
-    Ok(sent)
+    Ok((ok, failed))
 }
 
 /// Whether an enabled endpoint still has visible events past its cursor.

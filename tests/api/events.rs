@@ -605,3 +605,35 @@ async fn a_rotated_secret_signs_beside_the_new_one_and_endpoints_are_managed_thr
         .await
         .problem(404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_holds_back_only_its_own_deliveries() {
+    let app = TestApp::new().await;
+    let slow = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(204).set_delay(Duration::from_secs(2)))
+        .mount(&slow)
+        .await;
+    endpoint(&app, &slow).await;
+    let quick = receiver(204).await;
+    endpoint(&app, &quick).await;
+    app.moment_accepts_sessions().await;
+    for _ in 0..10 {
+        app.create_mandate(&crate::support::app::mandate_body())
+            .await;
+    }
+    events_once(&app, "&type=mandate.created", 10).await;
+    let state = app.state.clone();
+    let run = tokio::spawn(async move { worker::run_once(&state).await.unwrap() });
+    let started = std::time::Instant::now();
+    while quick.received_requests().await.unwrap().len() < 10 {
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "the quick endpoint waited for the slow one"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    run.await.unwrap();
+    assert_eq!(slow.received_requests().await.unwrap().len(), 10);
+}
