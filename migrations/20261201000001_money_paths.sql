@@ -21,6 +21,8 @@ alter table charge add column lease_token uuid;
 -- charge with none was never seen by Moment and can fail outright; one with some can only be
 -- settled by Moment or an operator.
 alter table charge add column sends integer not null default 0;
+-- Charges pending from before: any of them may have reached Moment already.
+update charge set sends = greatest(attempts, 1) where status = 'pending';
 
 -- When the customer's return last fetched the session from Moment (at most one fetch per
 -- mandate every few seconds, however often the return is hit).

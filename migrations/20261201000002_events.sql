@@ -52,41 +52,73 @@ create function charge_view(c charge) returns jsonb language sql stable as $$
         'updated_at', to_char(c.updated_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
 $$;
 
--- `mandate.created` on insert, `mandate.<status>` on each change of status.
+-- `mandate.created` on insert, `mandate.<status>` on each change of status. The count is bumped
+-- before the row is written; the event is written after, for rows actually written only (an
+-- `insert … on conflict do nothing` that finds its key taken writes no row, and no event).
+create function mandate_event_seq() returns trigger language plpgsql as $$
+begin
+    if tg_op = 'INSERT' then
+        new.event_seq := 1;
+    elsif new.status is distinct from old.status then
+        new.event_seq := old.event_seq + 1;
+    end if;
+    return new;
+end
+$$;
+
+create trigger mandate_event_seq before insert or update on mandate
+    for each row execute function mandate_event_seq();
+
 create function mandate_event() returns trigger language plpgsql as $$
 begin
-    if tg_op = 'UPDATE' and new.status is not distinct from old.status then
-        return new;
-    end if;
-    new.event_seq := case when tg_op = 'INSERT' then 1 else old.event_seq + 1 end;
     insert into event (id, type, resource_type, resource_id, sequence, data)
     values (gen_random_uuid(),
             'mandate.' || case when tg_op = 'INSERT' then 'created' else new.status end,
             'mandate', new.id, new.event_seq, mandate_view(new));
+    return null;
+end
+$$;
+
+create trigger mandate_event_insert after insert on mandate
+    for each row execute function mandate_event();
+
+create trigger mandate_event_update after update on mandate
+    for each row when (new.status is distinct from old.status)
+    execute function mandate_event();
+
+-- `charge.created` on insert, `charge.<status>` on each change of status. The count is bumped
+-- before the row is written; the event is written after, for rows actually written only (an
+-- `insert … on conflict do nothing` that finds its key taken writes no row, and no event).
+create function charge_event_seq() returns trigger language plpgsql as $$
+begin
+    if tg_op = 'INSERT' then
+        new.event_seq := 1;
+    elsif new.status is distinct from old.status then
+        new.event_seq := old.event_seq + 1;
+    end if;
     return new;
 end
 $$;
 
-create trigger mandate_event before insert or update on mandate
-    for each row execute function mandate_event();
+create trigger charge_event_seq before insert or update on charge
+    for each row execute function charge_event_seq();
 
--- `charge.created` on insert, `charge.<status>` on each change of status.
 create function charge_event() returns trigger language plpgsql as $$
 begin
-    if tg_op = 'UPDATE' and new.status is not distinct from old.status then
-        return new;
-    end if;
-    new.event_seq := case when tg_op = 'INSERT' then 1 else old.event_seq + 1 end;
     insert into event (id, type, resource_type, resource_id, sequence, data)
     values (gen_random_uuid(),
             'charge.' || case when tg_op = 'INSERT' then 'created' else new.status end,
             'charge', new.id, new.event_seq, charge_view(new));
-    return new;
+    return null;
 end
 $$;
 
-create trigger charge_event before insert or update on charge
+create trigger charge_event_insert after insert on charge
     for each row execute function charge_event();
+
+create trigger charge_event_update after update on charge
+    for each row when (new.status is distinct from old.status)
+    execute function charge_event();
 
 -- The merchant's endpoints.
 create table webhook_endpoint (
@@ -102,8 +134,11 @@ create table webhook_endpoint (
     old_secret       text,
     old_secret_until timestamptz,
     -- Where the fan-out stands in the event log: the (xid, position) of the last event looked at.
+    -- A disabled endpoint's cursor stays put: enabled again, it gets what it missed.
     cursor_xid       xid8        not null default pg_current_xact_id(),
     cursor_position  bigint      not null default 0,
+    -- When the fan-out last served it: endpoints take turns.
+    fanned_out_at    timestamptz,
     -- Since when every delivery has failed (null while it succeeds).
     failing_since    timestamptz,
     created_at       timestamptz not null default now(),

@@ -153,14 +153,7 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<Dev> {
     config.worker_interval = opts.worker_interval;
     config.reconcile_after = opts.reconcile_after;
     // The demo shop is the merchant: it gets every event, signed with its own secret.
-    let merchant_secret = {
-        let mut key = [0u8; 32];
-        key.iter_mut().for_each(|b| *b = fastrand::u8(..));
-        format!(
-            "whsec_{}",
-            base64::engine::general_purpose::STANDARD.encode(key)
-        )
-    };
+    let merchant_secret = crate::workflow::outbound::new_secret();
     config.merchant_webhook = Some((format!("{demo_url}/webhooks"), merchant_secret.clone()));
     let service = tokio::spawn(crate::app::run(
         config,

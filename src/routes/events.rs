@@ -83,10 +83,19 @@ pub async fn list(
     {
         return Err(ApiError::malformed("type", "not an event type"));
     }
+    let after = uuid("after", &q.after)?;
+    if let Some(a) = after
+        && !store::exists(&state.db, a).await?
+    {
+        return Err(ApiError::malformed(
+            "after",
+            "names no event: it may be older than EVENT_RETENTION_DAYS; start again without it",
+        ));
+    }
     let filter = store::Filter {
         kind: q.kind.clone(),
         resource_id: uuid("resource_id", &q.resource_id)?,
-        after: uuid("after", &q.after)?,
+        after,
         limit,
     };
     let rows = store::list(&state.db, &filter).await?;

@@ -102,8 +102,35 @@ pub struct Recover {
     pub since: String,
 }
 
-fn check_url(url: &str) -> Result<(), ApiError> {
-    super::check_http_url("url", url)
+/// An endpoint URL: absolute http(s). With a live Moment key, not an address inside the
+/// service's own network (loopback, private, link-local, `localhost`): the service would
+/// otherwise call those on a merchant's behalf.
+fn check_url(state: &AppState, url: &str) -> Result<(), ApiError> {
+    super::check_http_url("url", url)?;
+    if state.moment.mode() == "live" && internal_host(url) {
+        return Err(ApiError::invalid(
+            "url",
+            "must not be a loopback, private or link-local address",
+        ));
+    }
+    Ok(())
+}
+
+fn internal_host(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return true;
+    };
+    match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+        }
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost") || d.ends_with(".internal")
+        }
+        None => true,
+    }
 }
 
 fn check_types(types: &Option<Vec<EventType>>) -> Result<Option<Vec<String>>, ApiError> {
@@ -140,7 +167,7 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateEndpoint>,
 ) -> Result<(StatusCode, Json<EndpointResponse>), ApiError> {
-    check_url(&body.url)?;
+    check_url(&state, &body.url)?;
     let types = check_types(&body.event_types)?;
     let secret = outbound::new_secret();
     let ep = store::insert(
@@ -211,7 +238,7 @@ pub async fn update(
 ) -> Result<Json<EndpointResponse>, ApiError> {
     let id = parse_id(&id, "webhook endpoint")?;
     if let Some(url) = &body.url {
-        check_url(url)?;
+        check_url(&state, url)?;
     }
     let types = match &body.event_types {
         None => None,
@@ -287,6 +314,7 @@ pub async fn rotate(
         (status = 202, description = "Queued: how many deliveries", body = Object, example = json!({"deliveries": 12})),
         MerchantErrors,
         (status = 404, description = "No such endpoint", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The endpoint is disabled", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`since` is not an RFC 3339 time", body = Problem, content_type = "application/problem+json"),
     )
@@ -300,8 +328,14 @@ pub async fn recover(
     let since =
         time::OffsetDateTime::parse(&body.since, &time::format_description::well_known::Rfc3339)
             .map_err(|_| ApiError::invalid("since", "must be an RFC 3339 time"))?;
-    if store::by_id(&state.db, id).await?.is_none() {
-        return Err(ApiError::NotFound("webhook endpoint"));
+    match store::by_id(&state.db, id).await? {
+        None => return Err(ApiError::NotFound("webhook endpoint")),
+        Some(ep) if !ep.enabled => {
+            return Err(ApiError::Conflict(
+                "the endpoint is disabled: enable it first".into(),
+            ));
+        }
+        Some(_) => {}
     }
     let n = deliveries::recover(&state.db, id, since).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "deliveries": n }))))

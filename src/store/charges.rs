@@ -301,7 +301,7 @@ pub async fn close_past_window(conn: impl PgExecutor<'_>, window_secs: f64) -> s
         "update charge set
                 status = case when sends = 0 then 'failed' else 'needs_review' end,
                 failure = case when sends = 0 then jsonb_build_object('code', 'send_window_passed',
-                    'message', 'the charge could not be sent within Moment''s 24-hour idempotency window') else failure end,
+                    'message', 'the charge could not be sent within 23 hours, inside Moment''s 24-hour idempotency window') else failure end,
                 review_reason = case when sends = 0 then review_reason else jsonb_build_object(
                     'code', 'idempotency_window_passed',
                     'message', 'Moment forgets the charge''s idempotency key after 24 hours, so it cannot be sent again safely; look it up at Moment') end,

@@ -98,7 +98,7 @@ pub async fn record_attempt(
     let done: Option<bool> = sqlx::query_scalar(
         "with logged as (
              insert into delivery_attempt (delivery_id, status_code, error, duration_ms)
-             values ($1, $3, $4, $5)
+             select $1, $3, $4, $5 where exists (select 1 from delivery where id = $1)
              returning 1),
          moved as (
              update delivery set status = $6, attempts = attempts + 1,
@@ -106,7 +106,7 @@ pub async fn record_attempt(
                     locked_until = null, lease_token = null, updated_at = now()
              where id = $1 and lease_token = $2 and status = 'pending'
              returning 1)
-         select exists (select 1 from moved) from logged",
+         select exists (select 1 from moved)",
     )
     .bind(id)
     .bind(token)
@@ -148,7 +148,8 @@ pub async fn redeliver(conn: impl PgExecutor<'_>, event_id: Uuid) -> sqlx::Resul
 }
 
 /// A new delivery to `endpoint_id` of every event since `since` that it failed to get (its
-/// deliveries ended `failed`, and none `delivered`). Returns how many.
+/// deliveries ended `failed`, and none `delivered`), 10,000 at most a call (call
+/// again for more). Returns how many.
 pub async fn recover(
     conn: impl PgExecutor<'_>,
     endpoint_id: Uuid,
@@ -159,7 +160,8 @@ pub async fn recover(
          select gen_random_uuid(), d.event_id, $1 from delivery d join event e on e.id = d.event_id
          where d.endpoint_id = $1 and e.created_at >= $2
          group by d.event_id
-         having bool_or(d.status = 'failed') and not bool_or(d.status in ('delivered', 'pending'))",
+         having bool_or(d.status = 'failed') and not bool_or(d.status in ('delivered', 'pending'))
+         limit 10000",
     )
     .bind(endpoint_id)
     .bind(since)
@@ -180,7 +182,7 @@ pub struct AttemptRow {
     pub duration_ms: Option<i32>,
 }
 
-/// Every delivery of an event and its attempts, oldest first (a delivery with none yet has
+/// Every delivery of an event and its attempts, oldest first (the first 1,000) (a delivery with none yet has
 /// one row with no attempt).
 pub async fn of_event(conn: impl PgExecutor<'_>, event_id: Uuid) -> sqlx::Result<Vec<AttemptRow>> {
     sqlx::query_as(
@@ -188,7 +190,8 @@ pub async fn of_event(conn: impl PgExecutor<'_>, event_id: Uuid) -> sqlx::Result
                 a.status_code, a.error, a.duration_ms
          from delivery d left join delivery_attempt a on a.delivery_id = d.id
          where d.event_id = $1
-         order by d.created_at, d.id, a.id",
+         order by d.created_at, d.id, a.id
+         limit 1000",
     )
     .bind(event_id)
     .fetch_all(conn)

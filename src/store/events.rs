@@ -36,7 +36,8 @@ pub struct Filter {
 /// The condition that an event is visible to tailing readers (every older transaction done).
 const VISIBLE: &str = "xid < pg_snapshot_xmin(pg_current_snapshot())";
 
-/// Visible events, oldest first, after `f.after`. An `after` that names no event gives none.
+/// Visible events, oldest first, after `f.after` (check that it names an event first:
+/// otherwise there are none after it).
 pub async fn list(conn: impl PgExecutor<'_>, f: &Filter) -> sqlx::Result<Vec<Event>> {
     let mut q = QueryBuilder::<Postgres>::new(
         "select id, type, resource_type, resource_id, sequence, data, created_at from event where ",

@@ -179,7 +179,7 @@ pub async fn fan_out(db: &PgPool, limit: i64) -> sqlx::Result<u64> {
                and exists (select 1 from event e
                            where (e.xid, e.position) > (cursor_xid, cursor_position)
                              and e.xid < pg_snapshot_xmin(pg_current_snapshot()))
-             order by updated_at
+             order by fanned_out_at nulls first
              limit 1
              for update skip locked),
          batch as (
@@ -194,7 +194,8 @@ pub async fn fan_out(db: &PgPool, limit: i64) -> sqlx::Result<u64> {
              where ep.event_types is null or b.type = any(ep.event_types)
              returning 1),
          moved as (
-             update webhook_endpoint w set cursor_xid = last.xid, cursor_position = last.position
+             update webhook_endpoint w set cursor_xid = last.xid, cursor_position = last.position,
+                    fanned_out_at = now()
              from ep, (select xid, position from batch order by xid desc, position desc limit 1) last
              where w.id = ep.id
              returning 1)

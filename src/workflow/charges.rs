@@ -81,11 +81,22 @@ pub async fn create(
         // Counted terms: checked and recorded with the mandate's row locked, so that
         // concurrent charges cannot pass a limit together.
         let mut tx = state.db.begin().await?;
-        let Some(locked) = mandates::lock_active(&mut *tx, req.mandate_id).await? else {
+        let locked = mandates::lock_active(&mut *tx, req.mandate_id).await?;
+        // A retry that raced its first request here: answered from the charge it made.
+        if let Some(existing) = charges::by_idempotency_key(&mut *tx, &key).await? {
+            drop(tx);
+            return resume(state, existing, &hash).await;
+        }
+        let Some(locked) = locked else {
             drop(tx);
             return Err(refuse(state, &req).await?);
         };
-        terms::check(&mut tx, &locked, amount, now).await?;
+        // The transaction's own clock: the charge is recorded at this very instant
+        // (`created_at` defaults to it), so it is counted in the window it was checked in.
+        let at: time::OffsetDateTime = sqlx::query_scalar("select now()")
+            .fetch_one(&mut *tx)
+            .await?;
+        terms::check(&mut tx, &locked, amount, at).await?;
         let inserted = charges::insert(&mut *tx, &new).await?;
         tx.commit().await?;
         inserted
@@ -414,7 +425,7 @@ async fn unsendable(state: &AppState, id: Uuid, token: Uuid) -> sqlx::Result<Cha
         (true, 0) => {
             let failure = reason(
                 "send_window_passed",
-                "the charge could not be sent within Moment's 24-hour idempotency window",
+                "the charge could not be sent within 23 hours, inside Moment's 24-hour idempotency window",
             );
             charges::fail(&state.db, id, token, &failure).await?
         }

@@ -58,10 +58,12 @@ pub const EVENT_TYPES: &[&str] = &[
     "webhook_endpoint.disabled",
 ];
 
-/// A fresh signing secret, `whsec_` and 32 random bytes in base64.
+/// A fresh signing secret, `whsec_` and 32 bytes in base64, from the operating system's
+/// random source (UUID v4s: 244 random bits).
 pub fn new_secret() -> String {
     let mut key = [0u8; 32];
-    key.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    key[..16].copy_from_slice(Uuid::new_v4().as_bytes());
+    key[16..].copy_from_slice(Uuid::new_v4().as_bytes());
     format!(
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(key)
@@ -101,13 +103,12 @@ pub struct Sent {
 /// Fans out new events (bounded by `deadline`), then sends the deliveries that are due.
 pub async fn run(state: &AppState, deadline: Instant) -> sqlx::Result<Sent> {
     let mut sent = Sent::default();
+    // Endpoints take turns; none left with visible events (or all held by other replicas)
+    // ends the fan-out for this run.
     while Instant::now() < deadline {
         let n = endpoints::fan_out(&state.db, FAN_OUT_BATCH).await?;
-        if n == 0 {
-            // No endpoint had new events, or the last one's batch matched nothing of its types.
-            if !has_more(state).await? {
-                break;
-            }
+        if n == 0 && !fanned_any(state).await? {
+            break;
         }
         sent.fanned_out += n;
     }
@@ -120,15 +121,23 @@ pub async fn run(state: &AppState, deadline: Instant) -> sqlx::Result<Sent> {
         let st = state.clone();
         tasks.spawn(async move { lane(&st, endpoint_id, deadline).await });
     }
+    // Every lane is waited for, errors or not: dropping the set would cut their database work
+    // short (sqlx's `begin()` is not cancel-safe).
+    let mut first_error = None;
     while let Some(done) = tasks.join_next().await {
         match done {
             Ok(Ok((ok, failed))) => {
                 sent.delivered += ok;
                 sent.failed += failed;
             }
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
             Err(e) => tracing::error!(error = %e, "a delivery lane failed"),
         }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     Ok(sent)
 }
@@ -153,24 +162,32 @@ async fn lane(
             let st = state.clone();
             tasks.spawn(async move { send(&st, d, token).await });
         }
+        let mut first_error = None;
         while let Some(done) = tasks.join_next().await {
             match done {
                 Ok(Ok(true)) => ok += 1,
                 Ok(Ok(false)) => failed += 1,
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
                 Err(e) => tracing::error!(error = %e, "a delivery task failed"),
             }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
     }
     Ok((ok, failed))
 }
 
-/// Whether an enabled endpoint still has visible events past its cursor.
-async fn has_more(state: &AppState) -> sqlx::Result<bool> {
+/// Whether an enabled endpoint nobody holds still has visible events past its cursor (its
+/// last batch may have matched none of its types).
+async fn fanned_any(state: &AppState) -> sqlx::Result<bool> {
     sqlx::query_scalar(
         "select exists (select 1 from webhook_endpoint w where w.enabled and exists (
              select 1 from event e where (e.xid, e.position) > (w.cursor_xid, w.cursor_position)
-               and e.xid < pg_snapshot_xmin(pg_current_snapshot())))",
+               and e.xid < pg_snapshot_xmin(pg_current_snapshot()))
+             for update skip locked)",
     )
     .fetch_one(&state.db)
     .await

@@ -85,7 +85,8 @@ async fn browser() -> Option<(Driver, Client)> {
 
 /// The text of element `#id` once it reads `want`; the page may reload meanwhile.
 async fn wait_for_text(client: &Client, id: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // The shop learns of changes from the service's webhooks, sent by its worker.
+    let deadline = Instant::now() + Duration::from_secs(45);
     let mut last = String::new();
     while Instant::now() < deadline {
         if let Ok(el) = client.find(Locator::Id(id)).await

@@ -40,7 +40,7 @@ async fn all_events(app: &TestApp, query: &str) -> Vec<Value> {
 /// `all_events` once it holds `n` events: an event is visible once every transaction older
 /// than it, on the whole Postgres server (other tests' included), has ended.
 async fn events_once(app: &TestApp, query: &str, n: usize) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let events = all_events(app, query).await;
         if events.len() >= n || std::time::Instant::now() > deadline {
@@ -52,7 +52,7 @@ async fn events_once(app: &TestApp, query: &str, n: usize) -> Vec<Value> {
 
 /// Runs the worker until the receiver has `n` requests (or 10 s have passed).
 async fn until_received(state: &AppState, hook: &MockServer, n: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while hook.received_requests().await.unwrap().len() < n && std::time::Instant::now() < deadline
     {
         worker::run_once(state).await.unwrap();
@@ -88,6 +88,13 @@ async fn every_change_writes_one_event_and_a_duplicate_webhook_writes_none() {
     let app = TestApp::new().await;
     let mandate = app.active_mandate().await;
     let charge = app.charge(&mandate, "evt-1").await.body;
+    // A retry under the same key records nothing, and so writes no event.
+    assert_eq!(
+        app.charge(&mandate, "evt-1")
+            .await
+            .header("idempotent-replayed"),
+        Some("true")
+    );
     let paid = completed_next_in_series(&charge, true);
     for _ in 0..2 {
         app.post_event("msg_same", "payment_session.completed", &paid)
@@ -131,6 +138,10 @@ async fn every_change_writes_one_event_and_a_duplicate_webhook_writes_none() {
     assert_eq!(of_charge.len(), 3);
     assert_eq!(events_once(&app, "&type=mandate.active", 1).await.len(), 1);
     app.get("/events?type=nonsense").await.problem(400);
+    // A cursor that names no event (past retention, say) is refused, not an empty page.
+    app.get(&format!("/events?after={}", Uuid::new_v4()))
+        .await
+        .problem(400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,7 +430,7 @@ async fn a_receiver_down_then_up_gets_everything_and_recover_and_redeliver_resen
     let ep_id = created.body["id"].as_str().unwrap().to_owned();
     let before = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
     let mandate = app.active_mandate().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         worker::run_once(&app.state).await.unwrap();
         let given_up: i64 =
@@ -512,7 +523,7 @@ async fn four_replicas_sending_at_once_deliver_each_event_once() {
         .collect();
     // Wait until all 20 are visible, so that the replicas race for them.
     events_once(&app, "&type=mandate.created", 20).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let runs = replicas.iter().map(|r| outbound::run(r, deadline));
     for sent in futures::future::join_all(runs).await {
         sent.unwrap();
@@ -636,4 +647,41 @@ async fn a_slow_endpoint_holds_back_only_its_own_deliveries() {
     }
     run.await.unwrap();
     assert_eq!(slow.received_requests().await.unwrap().len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_live_key_an_endpoint_inside_the_services_network_is_refused() {
+    let app = TestApp::with(|c| c.moment_secret_key = "sk_live_0123456789".into()).await;
+    for url in [
+        "http://127.0.0.1:9464/metrics",
+        "http://10.0.0.5/hook",
+        "http://169.254.169.254/latest",
+        "http://localhost:8080/hook",
+    ] {
+        app.post("/webhook-endpoints", &json!({"url": url}), &[])
+            .await
+            .problem(422);
+    }
+    let ok = app
+        .post(
+            "/webhook-endpoints",
+            &json!({"url": "https://shop.example.com/hooks"}),
+            &[],
+        )
+        .await;
+    assert_eq!(ok.status, 201);
+    // A disabled endpoint is enabled before it recovers anything.
+    let id = ok.body["id"].as_str().unwrap();
+    app.patch_json(
+        &format!("/webhook-endpoints/{id}"),
+        &json!({"enabled": false}),
+    )
+    .await;
+    app.post(
+        &format!("/webhook-endpoints/{id}/recover"),
+        &json!({"since": "2026-01-01T00:00:00Z"}),
+        &[],
+    )
+    .await
+    .problem(409);
 }
