@@ -280,6 +280,7 @@ impl Terms {
             {
                 return Err(invalid("terms.terms.type", "must be periodic or fixed"));
             }
+            (TermsType::Installment, Some(_)) => {}
             (_, Some(_)) => {
                 return Err(invalid(
                     "terms.terms",
