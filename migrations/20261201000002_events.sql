@@ -165,6 +165,7 @@ create table delivery (
 create index delivery_due_idx on delivery (next_attempt_at) where status = 'pending';
 create index delivery_event_idx on delivery (event_id);
 create index delivery_endpoint_idx on delivery (endpoint_id, status);
+create index delivery_endpoint_due_idx on delivery (endpoint_id, next_attempt_at) where status = 'pending';
 
 -- Every attempt: when, what came back, how long it took.
 create table delivery_attempt (

@@ -165,26 +165,6 @@ async fn measure(
     sim_url: &str,
     pids: (u32, u32),
 ) -> anyhow::Result<Measured> {
-    // Webhooks out: an endpoint at a receiver in this process, created now and disabled, so
-    // that the events of every run below wait for it; enabled after the billing run.
-    let receiver = drivers::Receiver::start().await?;
-    let endpoint: Value = http
-        .post(format!("{service_url}/webhook-endpoints"))
-        .bearer_auth(API_KEY)
-        .json(&json!({"url": receiver.url}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let endpoint_id = endpoint["id"].as_str().unwrap_or_default().to_owned();
-    http.patch(format!("{service_url}/webhook-endpoints/{endpoint_id}"))
-        .bearer_auth(API_KEY)
-        .json(&json!({"enabled": false}))
-        .send()
-        .await?
-        .error_for_status()?;
-
     // The ceiling: the transaction one webhook needs, as pgbench runs it.
     let pgbench_rows = 100_000;
     sqlx::query(
@@ -262,6 +242,27 @@ async fn measure(
     if forged > 0 {
         bail!("{forged} forged webhooks were stored");
     }
+
+    // Webhooks out: an endpoint at a receiver in this process, created now and disabled, so
+    // that the billing run's events (mandates made active, charges made and settled) wait
+    // for it; enabled after the billing run.
+    let receiver = drivers::Receiver::start().await?;
+    let endpoint: Value = http
+        .post(format!("{service_url}/webhook-endpoints"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"url": receiver.url}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let endpoint_id = endpoint["id"].as_str().unwrap_or_default().to_owned();
+    http.patch(format!("{service_url}/webhook-endpoints/{endpoint_id}"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"enabled": false}))
+        .send()
+        .await?
+        .error_for_status()?;
 
     // The billing run: active mandates made through checkout, then charged all at once.
     let setup = Instant::now();

@@ -123,10 +123,11 @@ pub fn report(
     let _ = writeln!(
         s,
         "## Events out\n\n\
-         Every event the runs above wrote ({} of them: each mandate made active and each charge's\n\
-         changes), held for an endpoint that was disabled meanwhile, then fanned out and delivered\n\
-         to a receiver in the benchmark's own process once it was enabled: {:.1} s, **{:.0}\n\
-         events/s** end to end (signed, one HTTP request each, 32 in flight).\n",
+         Every event of the billing run ({} of them: each mandate created and made active, each\n\
+         charge created, processing and succeeded), held for an endpoint that was disabled\n\
+         meanwhile, then fanned out and delivered to a receiver in the benchmark's own process\n\
+         once it was enabled: {:.1} s, **{:.0} events/s** end to end (signed, one HTTP request\n\
+         each, 8 in flight to the one endpoint).\n",
         m.events_out,
         m.events_out_secs,
         m.events_out as f64 / m.events_out_secs

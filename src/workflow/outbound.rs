@@ -104,8 +104,11 @@ pub struct Sent {
 pub async fn run(state: &AppState, deadline: Instant) -> sqlx::Result<Sent> {
     let mut sent = Sent::default();
     // Endpoints take turns; none left with visible events (or all held by other replicas)
-    // ends the fan-out for this run.
-    while Instant::now() < deadline {
+    // ends the fan-out for this run. It gets half the run's budget at most, so that a long
+    // backlog to fan out never leaves nothing to send.
+    let now = Instant::now();
+    let fan_out_until = now + deadline.saturating_duration_since(now) / 2;
+    while Instant::now() < fan_out_until {
         let n = endpoints::fan_out(&state.db, FAN_OUT_BATCH).await?;
         if n == 0 && !fanned_any(state).await? {
             break;
