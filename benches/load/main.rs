@@ -98,8 +98,7 @@ async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
             .env("MOMENT_API_URL", &sim_url)
             .env("MOMENT_SECRET_KEY", MOMENT_KEY)
             .env("MOMENT_WEBHOOK_SECRETS", &secret)
-            .env("API_KEYS", API_KEY)
-            .env("WORKER_INTERVAL_SECS", "0.2"),
+            .env("API_KEYS", API_KEY),
     )?;
     let http = reqwest::Client::new();
     wait_ready(&http, &format!("{service_url}/readyz"), &mut service).await?;
