@@ -53,6 +53,7 @@ pub struct EventPage {
     responses(
         (status = 200, description = "A page of events", body = EventPage),
         MerchantErrors,
+        (status = 404, description = "`after` names no event (it may be past EVENT_RETENTION_DAYS)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list(
@@ -87,9 +88,8 @@ pub async fn list(
     if let Some(a) = after
         && !store::exists(&state.db, a).await?
     {
-        return Err(ApiError::malformed(
-            "after",
-            "names no event: it may be older than EVENT_RETENTION_DAYS; start again without it",
+        return Err(ApiError::NotFound(
+            "event for `after` (it may be older than EVENT_RETENTION_DAYS; start again without it)",
         ));
     }
     let filter = store::Filter {

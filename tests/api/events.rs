@@ -141,7 +141,7 @@ async fn every_change_writes_one_event_and_a_duplicate_webhook_writes_none() {
     // A cursor that names no event (past retention, say) is refused, not an empty page.
     app.get(&format!("/events?after={}", Uuid::new_v4()))
         .await
-        .problem(400);
+        .problem(404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
