@@ -26,6 +26,8 @@ create table event (
 
 create index event_order_idx on event (xid, position);
 create index event_resource_idx on event (resource_id, xid, position);
+-- `GET /events?type=`: a rare type must not cost a scan of the whole log.
+create index event_type_idx on event (type, xid, position);
 create index event_created_idx on event (created_at);
 
 -- The API's view of a mandate; `api::MandateResponse` has the same fields (a test compares).

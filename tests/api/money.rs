@@ -18,13 +18,19 @@ use crate::support::app::{TestApp, completed_next_in_series};
 
 /// Moment answers every `next_in_series` create with `answer`, ahead of anything else.
 async fn moment_answers_charges(app: &TestApp, answer: ResponseTemplate) {
-    Mock::given(method("POST"))
+    moment_answers_charges_for(app, answer, None).await;
+}
+
+/// As `moment_answers_charges`, for the next `times` creates only.
+async fn moment_answers_charges_for(app: &TestApp, answer: ResponseTemplate, times: Option<u64>) {
+    let mut mock = Mock::given(method("POST"))
         .and(path("/collect/payment_sessions"))
         .and(body_partial_json(json!({"type": "next_in_series"})))
-        .respond_with(answer)
-        .with_priority(1)
-        .mount(&app.moment)
-        .await;
+        .respond_with(answer);
+    if let Some(n) = times {
+        mock = mock.up_to_n_times(n);
+    }
+    mock.with_priority(1).mount(&app.moment).await;
 }
 
 fn problem(status: u16) -> Value {
@@ -225,14 +231,8 @@ async fn a_4xx_that_says_nothing_of_the_request_leaves_the_outcome_unknown() {
 async fn a_refusal_after_an_unanswered_send_is_not_taken_for_a_refusal() {
     let app = TestApp::new().await;
     let mandate = app.active_mandate().await;
-    Mock::given(method("POST"))
-        .and(path("/collect/payment_sessions"))
-        .and(body_partial_json(json!({"type": "next_in_series"})))
-        .respond_with(ResponseTemplate::new(503).set_body_json(problem(503)))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&app.moment)
-        .await;
+    let unanswered = ResponseTemplate::new(503).set_body_json(problem(503));
+    moment_answers_charges_for(&app, unanswered, Some(1)).await;
     moment_answers_charges(&app, ResponseTemplate::new(422).set_body_json(problem(422))).await;
     let reply = app.charge(&mandate, "503-then-422").await;
     assert_eq!(reply.status, 202, "{}", reply.body);
@@ -260,14 +260,8 @@ async fn a_replayed_error_is_final_and_never_resent() {
 
     let app = TestApp::new().await;
     let mandate = app.active_mandate().await;
-    Mock::given(method("POST"))
-        .and(path("/collect/payment_sessions"))
-        .and(body_partial_json(json!({"type": "next_in_series"})))
-        .respond_with(ResponseTemplate::new(503).set_body_json(problem(503)))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&app.moment)
-        .await;
+    let unanswered = ResponseTemplate::new(503).set_body_json(problem(503));
+    moment_answers_charges_for(&app, unanswered, Some(1)).await;
     moment_answers_charges(
         &app,
         ResponseTemplate::new(422)
@@ -286,18 +280,10 @@ async fn retry_after_is_waited_out_inside_a_call_or_by_the_worker() {
     // Within what one call may wait (2 s in the tests): waited, then sent again.
     let app = TestApp::new().await;
     let mandate = app.active_mandate().await;
-    Mock::given(method("POST"))
-        .and(path("/collect/payment_sessions"))
-        .and(body_partial_json(json!({"type": "next_in_series"})))
-        .respond_with(
-            ResponseTemplate::new(429)
-                .insert_header("Retry-After", "1")
-                .set_body_json(problem(429)),
-        )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&app.moment)
-        .await;
+    let busy = ResponseTemplate::new(429)
+        .insert_header("Retry-After", "1")
+        .set_body_json(problem(429));
+    moment_answers_charges_for(&app, busy, Some(1)).await;
     // Then the sessions answer of `active_mandate`.
     let started = Instant::now();
     let reply = app.charge(&mandate, "retry-after-1").await;
