@@ -74,8 +74,13 @@ pub async fn run_once(state: &AppState) -> sqlx::Result<Tally> {
         charge_flow::send(state, charge, token).await?;
         tally.charges_resent += 1;
     }
-    tally.charges_closed =
-        charges::close_past_window(&state.db, charge_flow::RESEND_WINDOW_SECS).await?;
+    tally.charges_closed = charges::close_past_window(
+        &state.db,
+        charge_flow::RESEND_WINDOW_SECS,
+        &charge_flow::reason_of(charge_flow::WINDOW_UNSENT),
+        &charge_flow::reason_of(charge_flow::WINDOW_UNKNOWN),
+    )
+    .await?;
     tally.events_applied = events::apply_deferred(&state.db, None).await?;
     tally.reconciled = reconcile(state).await?;
     tally.mandates_expired =

@@ -268,48 +268,54 @@ pub async fn defer(
 }
 
 /// After a mandate's revocation: its pending charges that nobody is sending now end, never
-/// to be sent: `failed` (`mandate_revoked`) when Moment never saw them, `needs_review` when a
-/// send whose answer never came may have reached Moment. Returns each with its new status.
+/// to be sent: `failed` with `unsent` when Moment never saw them, `needs_review` with `unknown`
+/// when a send whose answer never came may have reached Moment. Returns each with its new
+/// status.
 pub async fn settle_revoked(
     conn: impl PgExecutor<'_>,
     mandate_id: Uuid,
+    unsent: &serde_json::Value,
+    unknown: &serde_json::Value,
 ) -> sqlx::Result<Vec<(Uuid, ChargeStatus)>> {
     sqlx::query_as(
         "update charge set
                 status = case when sends = 0 then 'failed' else 'needs_review' end,
-                failure = case when sends = 0 then jsonb_build_object('code', 'mandate_revoked',
-                    'message', 'the mandate was revoked before the charge was sent') else failure end,
-                review_reason = case when sends = 0 then review_reason else jsonb_build_object(
-                    'code', 'mandate_revoked_outcome_unknown',
-                    'message', 'the mandate was revoked after a send whose answer never came; it is not sent again') end,
+                failure = case when sends = 0 then $2 else failure end,
+                review_reason = case when sends = 0 then review_reason else $3 end,
                 locked_until = null, lease_token = null, next_attempt_at = null, updated_at = now()
          where mandate_id = $1 and status = 'pending'
            and coalesce(locked_until, '-infinity') < now()
          returning id, status",
     )
     .bind(mandate_id)
+    .bind(Json(unsent))
+    .bind(Json(unknown))
     .fetch_all(conn)
     .await
 }
 
 /// Ends the pending charges that nobody holds and that Moment's idempotency window
 /// (`window_secs` after each was recorded) has left behind: they can never be sent again
-/// safely. `failed` (`send_window_passed`) when Moment never saw them, `needs_review` when it
-/// may have. Returns how many.
-pub async fn close_past_window(conn: impl PgExecutor<'_>, window_secs: f64) -> sqlx::Result<u64> {
+/// safely. `failed` with `unsent` when Moment never saw them, `needs_review` with `unknown`
+/// when it may have. Returns how many.
+pub async fn close_past_window(
+    conn: impl PgExecutor<'_>,
+    window_secs: f64,
+    unsent: &serde_json::Value,
+    unknown: &serde_json::Value,
+) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "update charge set
                 status = case when sends = 0 then 'failed' else 'needs_review' end,
-                failure = case when sends = 0 then jsonb_build_object('code', 'send_window_passed',
-                    'message', 'the charge could not be sent within 23 hours, inside Moment''s 24-hour idempotency window') else failure end,
-                review_reason = case when sends = 0 then review_reason else jsonb_build_object(
-                    'code', 'idempotency_window_passed',
-                    'message', 'Moment forgets the charge''s idempotency key after 24 hours, so it cannot be sent again safely; look it up at Moment') end,
+                failure = case when sends = 0 then $2 else failure end,
+                review_reason = case when sends = 0 then review_reason else $3 end,
                 locked_until = null, lease_token = null, next_attempt_at = null, updated_at = now()
          where status = 'pending' and coalesce(locked_until, '-infinity') < now()
            and created_at < now() - make_interval(secs => $1)",
     )
     .bind(window_secs)
+    .bind(Json(unsent))
+    .bind(Json(unknown))
     .execute(conn)
     .await?;
     Ok(done.rows_affected())

@@ -224,6 +224,31 @@ fn reason(code: &str, message: &str) -> Value {
     json!({ "code": code, "message": message })
 }
 
+/// Why a charge that can no longer be sent ends: `(code, message)`, for those Moment never saw
+/// (failed) and those it may have (needs review), after a revocation and past the window. One
+/// wording for every path that ends them (a send, a revoke, the worker).
+pub const REVOKED_UNSENT: (&str, &str) = (
+    "mandate_revoked",
+    "the mandate was revoked before the charge was sent",
+);
+pub const REVOKED_UNKNOWN: (&str, &str) = (
+    "mandate_revoked_outcome_unknown",
+    "the mandate was revoked after a send whose answer never came; it is not sent again",
+);
+pub const WINDOW_UNSENT: (&str, &str) = (
+    "send_window_passed",
+    "the charge could not be sent within 23 hours, inside Moment's 24-hour idempotency window",
+);
+pub const WINDOW_UNKNOWN: (&str, &str) = (
+    "idempotency_window_passed",
+    "Moment forgets the charge's idempotency key after 24 hours, so it cannot be sent again safely; look it up at Moment",
+);
+
+/// `(code, message)` as the JSON a charge records.
+pub fn reason_of((code, message): (&str, &str)) -> Value {
+    reason(code, message)
+}
+
 /// Sends a charge the caller holds the lease of (`token`) to Moment, under the charge's own
 /// key, and records what came of it.
 ///
@@ -408,34 +433,16 @@ async fn unsendable(state: &AppState, id: Uuid, token: Uuid) -> sqlx::Result<Cha
     let written = match (mandate_active, charge.sends) {
         (false, 0) => {
             tracing::info!(charge_id = %id, "the mandate is no longer active; the charge is not sent");
-            let failure = reason(
-                "mandate_revoked",
-                "the mandate was revoked before the charge was sent",
-            );
-            charges::fail(&state.db, id, token, &failure).await?
+            charges::fail(&state.db, id, token, &reason_of(REVOKED_UNSENT)).await?
         }
         (false, _) => {
             tracing::warn!(charge_id = %id, "the mandate is no longer active after a send whose answer never came; the charge needs review");
-            let review = reason(
-                "mandate_revoked_outcome_unknown",
-                "the mandate was revoked after a send whose answer never came; it is not sent again",
-            );
-            charges::needs_review(&state.db, id, token, &review).await?
+            charges::needs_review(&state.db, id, token, &reason_of(REVOKED_UNKNOWN)).await?
         }
-        (true, 0) => {
-            let failure = reason(
-                "send_window_passed",
-                "the charge could not be sent within 23 hours, inside Moment's 24-hour idempotency window",
-            );
-            charges::fail(&state.db, id, token, &failure).await?
-        }
+        (true, 0) => charges::fail(&state.db, id, token, &reason_of(WINDOW_UNSENT)).await?,
         (true, _) => {
             tracing::warn!(charge_id = %id, "Moment's idempotency window has passed with the outcome unknown; the charge needs review");
-            let review = reason(
-                "idempotency_window_passed",
-                "Moment forgets the charge's idempotency key after 24 hours, so it cannot be sent again safely; look it up at Moment",
-            );
-            charges::needs_review(&state.db, id, token, &review).await?
+            charges::needs_review(&state.db, id, token, &reason_of(WINDOW_UNKNOWN)).await?
         }
     };
     settled(state, id, written).await

@@ -174,7 +174,14 @@ pub async fn revoke(state: &AppState, id: Uuid) -> Result<Revoked, ApiError> {
             None => ApiError::NotFound("mandate"),
         });
     };
-    let settled = charges::settle_revoked(&state.db, id).await?;
+    use crate::workflow::charges::{REVOKED_UNKNOWN, REVOKED_UNSENT, reason_of};
+    let settled = charges::settle_revoked(
+        &state.db,
+        id,
+        &reason_of(REVOKED_UNSENT),
+        &reason_of(REVOKED_UNKNOWN),
+    )
+    .await?;
     let mut out = Revoked {
         mandate,
         failed: Vec::new(),
