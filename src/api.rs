@@ -103,7 +103,7 @@ impl From<&Mandate> for MandateResponse {
             payment_method_id: m.payment_method_id.clone(),
             payment_id: m.payment_id.clone(),
             failure: m.failure.as_ref().map(|f| f.0.clone()),
-            warnings: m.terms().warnings(),
+            warnings: m.terms().warnings(m.amount),
             terms: m.terms(),
             ledger: None,
             created_at: m.created_at,

@@ -501,6 +501,7 @@ impl ServeArgs {
             )?,
             max_connections: at_least_one("MAX_CONNECTIONS", &self.max_connections)?,
             log_format,
+            local_terms_check: true,
         })
     }
 }

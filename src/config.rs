@@ -85,6 +85,10 @@ pub struct Config {
     /// Connections open at once at most on the API's listener.
     pub max_connections: usize,
     pub log_format: LogFormat,
+    /// Whether `POST /charges` holds a charge to the mandate's terms before calling Moment.
+    /// Always on, and not a setting: only the tests switch it off, to prove that Moment (the
+    /// simulator) refuses the same charges.
+    pub local_terms_check: bool,
 }
 
 impl Config {
@@ -133,6 +137,7 @@ impl Config {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
             log_format: LogFormat::Text,
+            local_terms_check: true,
         }
     }
 }

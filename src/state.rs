@@ -30,6 +30,8 @@ pub struct Settings {
     pub event_retention_days: f64,
     /// Waits after each failed delivery of a webhook out; given up after the last.
     pub delivery_schedule: Vec<Duration>,
+    /// Charges are held to their mandate's terms before Moment is called (off only in tests).
+    pub local_terms_check: bool,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -81,6 +83,7 @@ impl AppState {
                 webhook_event_retention_days: config.webhook_event_retention_days,
                 event_retention_days: config.event_retention_days,
                 delivery_schedule: config.delivery_schedule.clone(),
+                local_terms_check: config.local_terms_check,
             }),
             return_fetches: Arc::new(tokio::sync::Semaphore::new(RETURN_FETCHES)),
             outbound: reqwest::Client::builder()

@@ -41,6 +41,9 @@ pub struct DevOptions {
     /// The service's pool: connections at most, and how long a request waits for one.
     pub db_max_connections: u32,
     pub db_acquire_timeout: Duration,
+    /// The service holds charges to their terms before Moment does (tests switch it off to
+    /// prove the simulator refuses the same charges).
+    pub local_terms_check: bool,
 }
 
 impl DevOptions {
@@ -64,6 +67,7 @@ impl DevOptions {
             reconcile_after: Duration::from_secs(30),
             db_max_connections: 20,
             db_acquire_timeout: Duration::from_secs(5),
+            local_terms_check: true,
         }
     }
 }
@@ -152,6 +156,7 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<Dev> {
     config.default_return_url = Some(format!("{demo_url}/return"));
     config.worker_interval = opts.worker_interval;
     config.reconcile_after = opts.reconcile_after;
+    config.local_terms_check = opts.local_terms_check;
     // The demo shop is the merchant: it gets every event, signed with its own secret.
     let merchant_secret = crate::workflow::outbound::new_secret();
     config.merchant_webhook = Some((format!("{demo_url}/webhooks"), merchant_secret.clone()));

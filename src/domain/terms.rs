@@ -334,9 +334,31 @@ impl Terms {
         Ok(())
     }
 
-    /// What only we can tell the merchant: recurrences that narrow Moment's checkout.
-    pub fn warnings(&self) -> Vec<Warning> {
+    /// What only we can tell the merchant: terms that silently narrow Moment's checkout, for a
+    /// mandate whose first payment is `first_amount`.
+    pub fn warnings(&self, first_amount: i64) -> Vec<Warning> {
         let mut out = Vec::new();
+        if first_amount == 0 {
+            out.push(Warning {
+                code: "card_only_verification".into(),
+                message: "a mandate of amount 0 is a card verification: Moment's checkout offers \
+                          cards only (no Capitec Pay or other methods)"
+                    .into(),
+            });
+        }
+        let supported = self
+            .recurrence
+            .as_ref()
+            .is_some_and(|r| CAPITEC_PAY.contains(&(r.kind, r.interval_count)));
+        if supported && self.kind == TermsType::OnDemand {
+            out.push(Warning {
+                code: "capitec_pay_scheduled_only".into(),
+                message: "Moment's older pages offer Capitec Pay only for scheduled mandates; \
+                          with an on_demand mandate it may be hidden at checkout (Moment's pages \
+                          disagree)"
+                    .into(),
+            });
+        }
         let capitec = self
             .recurrence
             .as_ref()
@@ -645,9 +667,16 @@ mod tests {
             "period_limits": {"period": "month", "max_count": 1, "max_amount": 15000}
         }));
         assert_eq!(fine.check(0), Ok(()));
-        assert!(fine.warnings().is_empty());
+        assert!(fine.warnings(5000).is_empty());
+        assert_eq!(fine.warnings(0)[0].code, "card_only_verification");
+        let on_demand = terms(serde_json::json!({
+            "recurrence": {"type": "weekly", "interval_count": 1, "on": {"days": ["mon"]}}}));
+        assert_eq!(
+            on_demand.warnings(100)[0].code,
+            "capitec_pay_scheduled_only"
+        );
         let quarterly = terms(serde_json::json!({
             "type": "scheduled", "recurrence": {"type": "monthly", "interval_count": 3}}));
-        assert_eq!(quarterly.warnings()[0].code, "capitec_pay_hidden");
+        assert_eq!(quarterly.warnings(100)[0].code, "capitec_pay_hidden");
     }
 }

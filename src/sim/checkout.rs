@@ -11,8 +11,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::cards::TEST_CARDS;
+use super::consent;
 use super::engine::{PayError, Sim};
 use super::model::Status;
+use crate::domain::terms::Terms;
 use crate::html::{esc, money};
 
 #[derive(Deserialize)]
@@ -46,11 +48,30 @@ fn not_found() -> Response {
         .into_response()
 }
 
-fn form_page(checkout: &str, session: &Value, error: Option<&str>) -> Html<String> {
-    let amount = money(
-        session["amount"].as_i64().unwrap_or(0),
-        session["currency"].as_str().unwrap_or(""),
-    );
+fn form_page(
+    checkout: &str,
+    session: &Value,
+    terms: Option<&Terms>,
+    error: Option<&str>,
+) -> Html<String> {
+    let currency = session["currency"].as_str().unwrap_or("");
+    let minor = session["amount"].as_i64().unwrap_or(0);
+    let amount = money(minor, currency);
+    let consent = match terms {
+        Some(t) if session["type"] == "first_in_series" => {
+            let items: String = consent::describe(t, currency)
+                .iter()
+                .map(|line| format!("<li>{}</li>", esc(line)))
+                .collect();
+            format!("<h2>You agree to</h2><ul id=\"consent\">{items}</ul>")
+        }
+        _ => String::new(),
+    };
+    let methods: String = consent::methods(terms, minor)
+        .iter()
+        .map(|m| format!("<li>{}</li>", esc(m)))
+        .collect();
+    let methods = format!("<p class=\"muted\">Pay with</p><ul id=\"methods\">{methods}</ul>");
     let what = if session["type"] == "first_in_series" {
         format!(
             "Pay {amount} and allow this merchant to charge this card later, under the terms you agree to."
@@ -72,7 +93,7 @@ fn form_page(checkout: &str, session: &Value, error: Option<&str>) -> Html<Strin
     layout(
         "Checkout",
         &format!(
-            "<h1>Checkout</h1><p id=\"summary\">{what}</p>{error}\
+            "<h1>Checkout</h1><p id=\"summary\">{what}</p>{consent}{methods}{error}\
 <form method=\"post\" action=\"/checkout/{checkout}\">\
 <label for=\"card-number\">Card number</label>\
 <input id=\"card-number\" name=\"card_number\" inputmode=\"numeric\" autocomplete=\"cc-number\" placeholder=\"4242 4242 4242 4242\" required>\
@@ -117,7 +138,8 @@ pub async fn page(State(sim): State<Arc<Sim>>, Path(checkout): Path<String>) -> 
     if session["status"] != "active" {
         return ended_page(&session);
     }
-    form_page(&checkout, &session, None).into_response()
+    let terms = sim.checkout_terms(&checkout);
+    form_page(&checkout, &session, terms.as_deref(), None).into_response()
 }
 
 /// `MM/YY` (or `MM/YYYY`) not before this month.
@@ -155,10 +177,12 @@ pub async fn submit(
     } else {
         None
     };
+    let terms = sim.checkout_terms(&checkout);
+    let terms = terms.as_deref();
     if let Some(problem) = problem {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
-            form_page(&checkout, &session, Some(problem)),
+            form_page(&checkout, &session, terms, Some(problem)),
         )
             .into_response();
     }
@@ -170,7 +194,7 @@ pub async fn submit(
                 .to_owned();
             (
                 StatusCode::PAYMENT_REQUIRED,
-                form_page(&checkout, &after, Some(&message)),
+                form_page(&checkout, &after, terms, Some(&message)),
             )
                 .into_response()
         }
@@ -180,6 +204,7 @@ pub async fn submit(
             form_page(
                 &checkout,
                 &session,
+                terms,
                 Some("This is not a test card. Use 4242 4242 4242 4242 or another card below."),
             ),
         )

@@ -12,9 +12,12 @@ use sha2::{Digest, Sha256};
 
 use super::Problem;
 use super::cards::{self, Behaviour, LATER_CHARGE_DECLINE};
+use super::consent::{self, Counted};
 use super::model::{self, Kind, Outcome, SavedMethod, Session, Status, new_id, now};
 use super::validate::NewSession;
 use super::webhooks::{Delivery, DeliveryState};
+use crate::clock::Clock;
+use crate::domain::terms::Terms;
 use crate::moment::signature::WebhookSecret;
 
 /// How long Moment keeps an idempotency key.
@@ -96,6 +99,8 @@ pub struct SimConfig {
     /// `400` for a create without `Idempotency-Key` (Moment's behaviour there is unknown).
     pub require_idempotency_key: bool,
     pub faults: Faults,
+    /// What "now" is for the mandates' terms (shared with the service under a test clock).
+    pub clock: Clock,
 }
 
 impl SimConfig {
@@ -117,6 +122,7 @@ impl SimConfig {
             webhook_concurrency: 64,
             require_idempotency_key: false,
             faults: Faults::default(),
+            clock: Clock::real(),
         }
     }
 }
@@ -124,6 +130,7 @@ impl SimConfig {
 struct SessionRecord {
     session: Session,
     ceiling: model::Ceiling,
+    terms: Option<Arc<Terms>>,
     /// The card paid with; for `next_in_series`, the saved method's.
     behaviour: Option<Behaviour>,
     last4: String,
@@ -280,6 +287,11 @@ impl Sim {
         Ok(())
     }
 
+    /// Now, by the simulator's clock.
+    pub fn today(&self) -> time::OffsetDateTime {
+        self.config.clock.now()
+    }
+
     pub fn webhook_secret(&self) -> &WebhookSecret {
         &self.config.webhook_secret
     }
@@ -392,6 +404,7 @@ impl Sim {
                 updated_at: at,
             },
             ceiling: req.ceiling,
+            terms: req.terms.clone().map(Arc::new),
             behaviour: None,
             last4: String::new(),
         };
@@ -438,13 +451,37 @@ impl Sim {
                 if !method.ceiling.allows(req.amount) {
                     return Err(Problem::new(
                         422,
-                        "mandate-constraint",
-                        "Unprocessable request",
+                        "mandate-amount",
+                        "Mandate constraint violated",
                         "the amount is outside what the mandate allows",
                     ));
                 }
+                if let Some(terms) = &method.terms {
+                    let counted: Vec<Counted> = method
+                        .payments
+                        .iter()
+                        .filter(|(_, _, session)| {
+                            session.as_ref().is_none_or(|s| {
+                                inner.sessions.get(s).is_some_and(|r| {
+                                    matches!(
+                                        r.session.payment_outcome,
+                                        Outcome::Paid | Outcome::Pending
+                                    )
+                                })
+                            })
+                        })
+                        .map(|&(at, amount, _)| Counted { at, amount })
+                        .collect();
+                    if let Some(p) = consent::refusal(terms, &counted, req.amount, self.today()) {
+                        return Err(p);
+                    }
+                }
                 record.behaviour = Some(method.behaviour);
                 record.last4 = method.last4.clone();
+                let (today, amount, session) = (self.today(), req.amount, id.clone());
+                if let Some(m) = inner.methods.get_mut(&method_id) {
+                    m.payments.push((today, amount, Some(session)));
+                }
                 record.session.customer_id = Some(customer);
                 record.session.payment_method_id = Some(method_id);
                 record.session.payment_id = Some(new_id("pay_", 21));
@@ -501,6 +538,13 @@ impl Sim {
             .and_then(|r| serde_json::to_value(&r.session).ok())
     }
 
+    /// The terms a checkout's customer is asked to consent to.
+    pub(super) fn checkout_terms(&self, checkout: &str) -> Option<Arc<Terms>> {
+        let inner = self.lock();
+        let id = inner.checkouts.get(checkout)?;
+        inner.sessions.get(id).and_then(|r| r.terms.clone())
+    }
+
     pub(super) fn checkout_session_id(&self, checkout: &str) -> Option<String> {
         self.lock().checkouts.get(checkout).cloned()
     }
@@ -554,6 +598,12 @@ impl Sim {
                         customer_id: customer,
                         currency: record.session.currency.clone(),
                         ceiling: record.ceiling,
+                        terms: record.terms.clone(),
+                        payments: if record.session.amount > 0 {
+                            vec![(self.today(), record.session.amount, None)]
+                        } else {
+                            Vec::new()
+                        },
                         behaviour: card.behaviour,
                         last4,
                     };

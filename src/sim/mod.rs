@@ -9,6 +9,7 @@ mod admin;
 mod api;
 pub mod cards;
 mod checkout;
+mod consent;
 mod engine;
 mod model;
 mod validate;

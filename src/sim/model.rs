@@ -114,6 +114,13 @@ pub struct SavedMethod {
     pub customer_id: String,
     pub currency: String,
     pub ceiling: Ceiling,
+    /// The mandate's `mandate_options`, held against every later charge.
+    #[serde(skip)]
+    pub terms: Option<std::sync::Arc<crate::domain::terms::Terms>>,
+    /// Payments under the mandate: the first (no session: it counts when above 0) and each
+    /// later charge's session, which counts while it is processing or once it succeeded.
+    #[serde(skip)]
+    pub payments: Vec<(OffsetDateTime, i64, Option<String>)>,
     pub behaviour: Behaviour,
     pub last4: String,
 }

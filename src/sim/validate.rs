@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use super::Problem;
 use super::model::{Ceiling, Kind};
+use crate::domain::terms::Terms;
 
 /// Currencies the simulator accepts (the "Monetary Amounts" page lists these two).
 pub const CURRENCIES: &[&str] = &["ZAR", "USD"];
@@ -24,6 +25,8 @@ pub struct NewSession {
     pub return_url: Option<String>,
     /// `first_in_series`: what later charges may take.
     pub ceiling: Ceiling,
+    /// `first_in_series`: `options.mandate_options`, checked by Moment's rules.
+    pub terms: Option<Terms>,
     /// `next_in_series`: `options.customer` and `options.payment_method`.
     pub charge_of: Option<(String, String)>,
 }
@@ -141,6 +144,7 @@ pub fn new_session(body: &Value) -> Result<NewSession, Problem> {
         metadata,
         return_url: None,
         ceiling: Ceiling::Any,
+        terms: None,
         charge_of: None,
     };
     match kind {
@@ -173,6 +177,7 @@ pub fn new_session(body: &Value) -> Result<NewSession, Problem> {
             }
             if kind == Kind::FirstInSeries {
                 out.ceiling = mandate_ceiling(options, amount)?;
+                out.terms = mandate_terms(options, amount)?;
             } else if options.contains_key("mandate_options") {
                 return Err(invalid(
                     "options.mandate_options is only for first_in_series sessions",
@@ -302,6 +307,24 @@ fn mandate_ceiling(options: &Map<String, Value>, amount: i64) -> Result<Ceiling,
     })
 }
 
+/// `options.mandate_options` in full, by the rules of `moment-api.md` §8.2 and §8.5 (the same
+/// rules the service applies to a mandate's `terms`).
+fn mandate_terms(options: &Map<String, Value>, amount: i64) -> Result<Option<Terms>, Problem> {
+    let Some(raw) = options.get("mandate_options").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let terms: Terms = serde_json::from_value(raw.clone())
+        .map_err(|e| invalid(format!("options.mandate_options: {e}")))?;
+    terms.check(amount).map_err(|e| {
+        let field = match e.field.strip_prefix("terms") {
+            Some(rest) => format!("options.mandate_options{rest}"),
+            None => e.field.to_owned(),
+        };
+        invalid(format!("{field} {}", e.detail))
+    })?;
+    Ok(Some(terms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +392,17 @@ mod tests {
             detail(base(json!({"type": "first_in_series",
                 "options": {"mandate_options": {"type": "scheduled"}}})))
             .contains("recurrence is required")
+        );
+        assert!(
+            detail(base(json!({"type": "first_in_series",
+                "options": {"mandate_options": {"amount": {"max": 500},
+                    "period_limits": {"period": "month", "max_amount": 100}}}})))
+            .starts_with("options.mandate_options.period_limits.max_amount")
+        );
+        assert!(
+            detail(base(json!({"type": "first_in_series",
+                "options": {"mandate_options": {"max_occurrences": 0}}})))
+            .starts_with("options.mandate_options.max_occurrences")
         );
         assert!(
             detail(base(

@@ -73,7 +73,10 @@ pub async fn create(
     };
     let terms = mandate.terms();
     let amount = req.amount.unwrap_or(mandate.amount);
-    let inserted = if terms.counts() {
+    let inserted = if !state.settings.local_terms_check {
+        // Tests only: the charge goes to Moment whatever the terms say.
+        charges::insert(&state.db, &new).await?
+    } else if terms.counts() {
         // A retry is answered from the charge it made, whatever the terms say now.
         if let Some(existing) = charges::by_idempotency_key(&state.db, &key).await? {
             return resume(state, existing, &hash).await;

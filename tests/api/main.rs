@@ -4,6 +4,7 @@
 mod architecture;
 mod browser;
 mod charges;
+mod consent;
 mod containers;
 mod events;
 mod faults;

@@ -58,7 +58,13 @@ async fn terms_are_sent_to_moment_exactly_and_shown_with_their_warnings() {
     let sent = app.session_requests("first_in_series").await;
     assert_eq!(sent[0].0["options"]["mandate_options"], terms);
     assert_eq!(mandate["terms"], terms);
-    assert_eq!(mandate["warnings"][0]["code"], "capitec_pay_hidden");
+    let codes: Vec<&str> = mandate["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["card_only_verification", "capitec_pay_hidden"]);
 
     // Without terms the ceiling is explicit; a verification must say what it may charge.
     let plain = app.create_mandate(&mandate_body()).await;
