@@ -2,6 +2,7 @@
 //! the mandate or charge it belongs to. No I/O here.
 
 mod model;
+pub mod schedule;
 mod status;
 pub mod terms;
 
