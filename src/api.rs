@@ -319,3 +319,74 @@ impl From<&crate::store::deliveries::AttemptRow> for AttemptResponse {
         }
     }
 }
+
+/// A subscription: a mandate charged on a schedule by the service, exactly once per period.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Subscription)]
+pub struct SubscriptionResponse {
+    pub id: Uuid,
+    pub mandate_id: Uuid,
+    pub status: crate::domain::SubscriptionStatus,
+    pub amount: i64,
+    pub currency: String,
+    pub schedule: crate::domain::subscription::ScheduleSpec,
+    pub reference: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// The next period to bill (0 is the first) and when; null when no period is left.
+    pub next_period: i32,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub next_charge_at: Option<OffsetDateTime>,
+    /// The charge in flight, if any.
+    pub open_charge_id: Option<Uuid>,
+    pub cancel_at_period_end: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub resume_at: Option<OffsetDateTime>,
+    /// While `past_due`: the period retried, failures so far, the next retry and the last
+    /// failure.
+    #[schema(value_type = Option<Object>)]
+    pub dunning: Option<Value>,
+    /// The next charges (12 at most) with the term that would stop each: only in
+    /// `GET /subscriptions/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Vec<crate::domain::subscription::Upcoming>>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<&crate::domain::Subscription> for SubscriptionResponse {
+    fn from(s: &crate::domain::Subscription) -> Self {
+        let dunning = s.dunning_period.map(|period| {
+            serde_json::json!({
+                "period": period,
+                "failures": s.dunning_failures,
+                "next_retry_at": s.retry_at.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+                "last_failure": s.last_failure.as_ref().map(|f| f.0.clone()),
+            })
+        });
+        Self {
+            id: s.id,
+            mandate_id: s.mandate_id,
+            status: s.status,
+            amount: s.amount,
+            currency: s.currency.clone(),
+            schedule: s.schedule.0.clone(),
+            reference: s.reference.clone(),
+            metadata: s.metadata.0.clone(),
+            next_period: s.next_period,
+            next_charge_at: s.next_charge_at,
+            open_charge_id: s.open_charge_id,
+            cancel_at_period_end: s.cancel_at_period_end,
+            resume_at: s.resume_at,
+            dunning,
+            preview: None,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}

@@ -23,7 +23,7 @@ use utoipa_axum::routes;
 use crate::auth::require_api_key;
 use crate::config::{BODY_LIMIT, Config};
 use crate::error::{ApiError, problem_fallback};
-use crate::routes::{charges, events, mandates, ops, webhook_endpoints, webhooks};
+use crate::routes::{charges, events, mandates, ops, subscriptions, webhook_endpoints, webhooks};
 use crate::server::{self, Limits};
 use crate::state::AppState;
 use crate::telemetry::{REQUEST_ID_HEADER, assign_request_id};
@@ -58,6 +58,13 @@ pub fn router_with_limit(state: AppState, request_timeout: Duration, body_limit:
         ))
         .routes(routes!(webhook_endpoints::rotate))
         .routes(routes!(webhook_endpoints::recover))
+        .routes(routes!(subscriptions::create, subscriptions::list))
+        .routes(routes!(subscriptions::show, subscriptions::update))
+        .routes(routes!(subscriptions::pause))
+        .routes(routes!(subscriptions::resume))
+        .routes(routes!(subscriptions::cancel))
+        .routes(routes!(subscriptions::clock))
+        .routes(routes!(subscriptions::advance))
         .route_layer(middleware::from_fn_with_state(
             state.api_keys.clone(),
             require_api_key,

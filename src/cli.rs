@@ -262,6 +262,25 @@ pub struct ServeArgs {
     /// Log format: json or text.
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
     pub log_format: String,
+    /// The time zone subscriptions are billed in: Africa/Johannesburg, UTC or +HH:MM.
+    #[arg(long, env = "BILLING_TIME_ZONE", default_value = "Africa/Johannesburg")]
+    pub billing_time_zone: String,
+    /// The local time a subscription is charged on its day, unless it names its own (HH:MM).
+    #[arg(long, env = "BILLING_CHARGE_TIME", default_value = "09:00")]
+    pub billing_charge_time: String,
+    /// Waits from a failed period's first failure to each retry, comma-separated with units
+    /// (d, h, m, s); dunning ends after the last.
+    #[arg(long, env = "DUNNING_SCHEDULE", default_value = "1d,3d,5d,7d")]
+    pub dunning_schedule: String,
+    /// What a subscription becomes when dunning runs out: paused, cancelled or past_due.
+    #[arg(long, env = "DUNNING_EXHAUSTED", default_value = "paused")]
+    pub dunning_exhausted: String,
+    /// How long before each charge subscription.charge_upcoming is sent (with a unit).
+    #[arg(long, env = "UPCOMING_CHARGE_NOTICE", default_value = "3d")]
+    pub upcoming_charge_notice: String,
+    /// Scheduled charges sent to Moment at once, at most.
+    #[arg(long, env = "SCHEDULER_CONCURRENCY", default_value = "64")]
+    pub scheduler_concurrency: String,
 }
 
 impl FaultArgs {
@@ -356,6 +375,51 @@ impl DbArgs {
 }
 
 impl ServeArgs {
+    /// The billing settings, checked.
+    fn billing(&self) -> Result<crate::config::Billing, ConfigError> {
+        let (time_zone, offset) =
+            crate::config::time_zone("BILLING_TIME_ZONE", &self.billing_time_zone)?;
+        let charge_time = crate::domain::subscription::parse_time(self.billing_charge_time.trim())
+            .ok_or_else(|| bad("BILLING_CHARGE_TIME", "must be HH:MM, e.g. 09:00"))?;
+        let dunning = self
+            .dunning_schedule
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| duration("DUNNING_SCHEDULE", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if dunning.windows(2).any(|w| w[1] < w[0]) {
+            return Err(bad(
+                "DUNNING_SCHEDULE",
+                "each retry must come after the one before",
+            ));
+        }
+        let exhausted = match self.dunning_exhausted.trim() {
+            "paused" => crate::domain::SubscriptionStatus::Paused,
+            "cancelled" => crate::domain::SubscriptionStatus::Cancelled,
+            "past_due" => crate::domain::SubscriptionStatus::PastDue,
+            _ => {
+                return Err(bad(
+                    "DUNNING_EXHAUSTED",
+                    "must be paused, cancelled or past_due",
+                ));
+            }
+        };
+        let concurrency: usize = number("SCHEDULER_CONCURRENCY", &self.scheduler_concurrency)?;
+        if concurrency == 0 {
+            return Err(bad("SCHEDULER_CONCURRENCY", "must be at least 1"));
+        }
+        Ok(crate::config::Billing {
+            time_zone,
+            offset,
+            charge_time,
+            dunning,
+            exhausted,
+            upcoming_notice: duration("UPCOMING_CHARGE_NOTICE", &self.upcoming_charge_notice)?,
+            concurrency,
+        })
+    }
+
     /// Checks every setting; the first bad one is the error.
     pub fn config(&self) -> Result<Config, ConfigError> {
         let db = self.db.config()?;
@@ -502,6 +566,8 @@ impl ServeArgs {
             max_connections: at_least_one("MAX_CONNECTIONS", &self.max_connections)?,
             log_format,
             local_terms_check: true,
+            clock: crate::clock::Clock::real(),
+            billing: self.billing()?,
         })
     }
 }

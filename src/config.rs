@@ -22,6 +22,62 @@ pub const DELIVERY_SCHEDULE: &[u64] = &[5, 300, 1800, 7200, 18000, 36000, 36000]
 /// How long one delivery of a webhook out to the merchant may take.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How subscriptions are billed.
+#[derive(Debug, Clone)]
+pub struct Billing {
+    /// The billing time zone's name, and its offset (fixed: zones with daylight saving are
+    /// refused at start).
+    pub time_zone: String,
+    pub offset: time::UtcOffset,
+    /// When a subscription is charged on its day, unless it says otherwise.
+    pub charge_time: time::Time,
+    /// Waits from a period's first failure to each retry; dunning ends after the last.
+    pub dunning: Vec<Duration>,
+    /// What a subscription becomes when dunning runs out: paused, cancelled or past_due.
+    pub exhausted: crate::domain::SubscriptionStatus,
+    /// How long before each charge `subscription.charge_upcoming` is sent.
+    pub upcoming_notice: Duration,
+    /// Charges the scheduler sends at once, at most.
+    pub concurrency: usize,
+}
+
+impl Default for Billing {
+    fn default() -> Self {
+        Self {
+            time_zone: "Africa/Johannesburg".into(),
+            offset: crate::domain::terms::SAST,
+            charge_time: time::Time::from_hms(9, 0, 0).expect("a valid time"),
+            dunning: [1, 3, 5, 7]
+                .into_iter()
+                .map(|d| Duration::from_secs(d * 86400))
+                .collect(),
+            exhausted: crate::domain::SubscriptionStatus::Paused,
+            upcoming_notice: Duration::from_secs(3 * 86400),
+            concurrency: 64,
+        }
+    }
+}
+
+/// `BILLING_TIME_ZONE`: a name we know the fixed offset of, or an offset `+HH:MM`.
+pub fn time_zone(var: &'static str, value: &str) -> Result<(String, time::UtcOffset), ConfigError> {
+    let v = value.trim();
+    if v == "Africa/Johannesburg" {
+        return Ok((v.to_owned(), crate::domain::terms::SAST));
+    }
+    if matches!(v, "UTC" | "Etc/UTC") {
+        return Ok((v.to_owned(), time::UtcOffset::UTC));
+    }
+    crate::domain::subscription::parse_offset(v)
+        .map(|o| (v.to_owned(), o))
+        .ok_or_else(|| {
+            bad(
+                var,
+                "use Africa/Johannesburg, UTC or a fixed offset such as +02:00 (zones with \
+                 daylight saving are not supported)",
+            )
+        })
+}
+
 /// Pool settings.
 #[derive(Clone)]
 pub struct DbConfig {
@@ -89,6 +145,10 @@ pub struct Config {
     /// Always on, and not a setting: only the tests switch it off, to prove that Moment (the
     /// simulator) refuses the same charges.
     pub local_terms_check: bool,
+    /// The billing clock: real for `serve`; `dev` and the tests share a test clock with the
+    /// simulator.
+    pub clock: crate::clock::Clock,
+    pub billing: Billing,
 }
 
 impl Config {
@@ -138,6 +198,8 @@ impl Config {
             max_connections: 1024,
             log_format: LogFormat::Text,
             local_terms_check: true,
+            clock: crate::clock::Clock::real(),
+            billing: Billing::default(),
         }
     }
 }
@@ -229,7 +291,8 @@ pub fn duration(var: &'static str, value: &str) -> Result<Duration, ConfigError>
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(bad(var, format!("{v:?} needs a unit: ms, s, m or h"))),
+        "d" => n * 86400.0,
+        _ => return Err(bad(var, format!("{v:?} needs a unit: ms, s, m, h or d"))),
     };
     if !(secs >= 0.0 && secs.is_finite()) {
         return Err(bad(var, format!("{v:?} is not a duration")));

@@ -25,6 +25,7 @@ use utoipa_scalar::Scalar;
         (name = "charges", description = "Merchant-initiated payments under a mandate"),
         (name = "webhooks", description = "Moment's signed events (Standard Webhooks)"),
         (name = "events", description = "Every change of a mandate or a charge, with a cursor that never skips one"),
+        (name = "subscriptions", description = "Mandates charged on a schedule by the service, with dunning; and the test clock"),
         (name = "webhook-endpoints", description = "Where the service sends its events, signed with Standard Webhooks"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )

@@ -32,6 +32,8 @@ pub struct Settings {
     pub delivery_schedule: Vec<Duration>,
     /// Charges are held to their mandate's terms before Moment is called (off only in tests).
     pub local_terms_check: bool,
+    /// How subscriptions are billed.
+    pub billing: crate::config::Billing,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -48,6 +50,8 @@ pub struct AppState {
     pub return_fetches: Arc<tokio::sync::Semaphore>,
     /// The client for webhooks out to the merchant: 15 s per attempt, no redirects.
     pub outbound: reqwest::Client,
+    /// What billing reads the time from (a test clock in `dev` and the tests).
+    pub clock: crate::clock::Clock,
 }
 
 impl FromRef<AppState> for Arc<ApiKeys> {
@@ -84,8 +88,10 @@ impl AppState {
                 event_retention_days: config.event_retention_days,
                 delivery_schedule: config.delivery_schedule.clone(),
                 local_terms_check: config.local_terms_check,
+                billing: config.billing.clone(),
             }),
             return_fetches: Arc::new(tokio::sync::Semaphore::new(RETURN_FETCHES)),
+            clock: config.clock.clone(),
             outbound: reqwest::Client::builder()
                 .timeout(crate::config::DELIVERY_TIMEOUT)
                 .connect_timeout(Duration::from_secs(5))

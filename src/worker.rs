@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::db;
 use crate::state::AppState;
 use crate::store::{charges, mandates, webhook_events};
-use crate::workflow::{charges as charge_flow, events, outbound};
+use crate::workflow::{charges as charge_flow, events, outbound, scheduler};
 
 /// Charges resent per run at most.
 const BATCH: usize = 50;
@@ -56,6 +56,9 @@ pub struct Tally {
     pub webhooks_failed: usize,
     /// Events of the log past `EVENT_RETENTION_DAYS`, deleted.
     pub log_events_deleted: u64,
+    /// The scheduler's run: charges made for subscriptions, outcomes recorded.
+    pub scheduled_charges: usize,
+    pub subscriptions_settled: usize,
 }
 
 /// One pass over the pending work.
@@ -81,6 +84,9 @@ pub async fn run_once(state: &AppState) -> sqlx::Result<Tally> {
         &charge_flow::reason_of(charge_flow::WINDOW_UNKNOWN),
     )
     .await?;
+    let scheduled = scheduler::run_once(state, STAGE_BUDGET).await?;
+    tally.scheduled_charges = scheduled.charged;
+    tally.subscriptions_settled = scheduled.settled;
     tally.events_applied = events::apply_deferred(&state.db, None).await?;
     tally.reconciled = reconcile(state).await?;
     tally.mandates_expired =
@@ -157,6 +163,8 @@ pub async fn run(state: AppState, interval: Duration, mut shutdown: watch::Recei
                 webhooks_delivered = t.webhooks_delivered,
                 webhooks_failed = t.webhooks_failed,
                 log_events_deleted = t.log_events_deleted,
+                scheduled_charges = t.scheduled_charges,
+                subscriptions_settled = t.subscriptions_settled,
                 "worker run"
             ),
             Ok(_) => {}

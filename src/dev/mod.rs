@@ -44,6 +44,8 @@ pub struct DevOptions {
     /// The service holds charges to their terms before Moment does (tests switch it off to
     /// prove the simulator refuses the same charges).
     pub local_terms_check: bool,
+    /// How subscriptions are billed (dunning schedule, what exhaustion leads to, …).
+    pub billing: crate::config::Billing,
 }
 
 impl DevOptions {
@@ -68,6 +70,7 @@ impl DevOptions {
             db_max_connections: 20,
             db_acquire_timeout: Duration::from_secs(5),
             local_terms_check: true,
+            billing: crate::config::Billing::default(),
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct Dev {
     pub moment_secret_key: String,
     pub webhook_secret: String,
     pub sim: Arc<Sim>,
+    /// The test clock the service and the simulator share.
+    pub clock: crate::clock::Clock,
     stop: watch::Sender<bool>,
     service: JoinHandle<anyhow::Result<()>>,
 }
@@ -136,6 +141,9 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<Dev> {
     sim_config.webhook_retry_schedule = opts.webhook_retry_schedule.clone();
     sim_config.webhook_timeout = Duration::from_secs(10);
     sim_config.faults = opts.faults.clone();
+    // One test clock for the service and the simulator: `POST /test-clock/advance` moves both.
+    let clock = crate::clock::Clock::test();
+    sim_config.clock = clock.clone();
     let sim = sim::spawn(sim_config, sim_listener, stopped(rx.clone()))?;
 
     let mut config = Config::local(
@@ -157,6 +165,8 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<Dev> {
     config.worker_interval = opts.worker_interval;
     config.reconcile_after = opts.reconcile_after;
     config.local_terms_check = opts.local_terms_check;
+    config.clock = clock.clone();
+    config.billing = opts.billing.clone();
     // The demo shop is the merchant: it gets every event, signed with its own secret.
     let merchant_secret = crate::workflow::outbound::new_secret();
     config.merchant_webhook = Some((format!("{demo_url}/webhooks"), merchant_secret.clone()));
@@ -190,6 +200,7 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<Dev> {
         moment_secret_key,
         webhook_secret,
         sim: sim.sim,
+        clock,
         stop,
         service,
     })

@@ -4,10 +4,12 @@
 mod model;
 pub mod schedule;
 mod status;
+pub mod subscription;
 pub mod terms;
 
 pub use model::{Charge, Mandate};
-pub use status::{ChargeStatus, MandateStatus};
+pub use status::{ChargeStatus, MandateStatus, SubscriptionStatus};
+pub use subscription::Subscription;
 
 use serde_json::{Value, json};
 

@@ -70,6 +70,19 @@ text_enum! {
 }
 
 text_enum! {
+    /// `active` while billing; `past_due` while dunning retries a failed period; `paused`
+    /// (by the merchant, or when dunning ran out); `cancelled`; `finished` when the schedule
+    /// has no period left.
+    SubscriptionStatus {
+        Active => "active",
+        PastDue => "past_due",
+        Paused => "paused",
+        Cancelled => "cancelled",
+        Finished => "finished",
+    }
+}
+
+text_enum! {
     /// `pending` until Moment has the session, `processing` until its outcome is known;
     /// `needs_review` when the service can no longer learn or safely retry the outcome (an
     /// operator looks at Moment; a webhook or reconciliation can still settle it).

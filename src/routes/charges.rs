@@ -74,6 +74,7 @@ impl CreateCharge {
             reference: self.reference,
             metadata: self.metadata,
             dry_run: self.dry_run,
+            subscription: None,
         })
     }
 }

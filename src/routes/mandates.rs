@@ -248,7 +248,7 @@ pub async fn show(
     let mandate = store::by_id(&state.db, id).await?;
     let mandate = mandate.ok_or(ApiError::NotFound("mandate"))?;
     let mut conn = state.db.acquire().await?;
-    let now = time::OffsetDateTime::now_utc();
+    let now = state.clock.now();
     let mut answer = MandateResponse::from(&mandate);
     answer.ledger = Some(crate::workflow::terms::ledger(&mut conn, &mandate, now).await?);
     Ok(Json(answer))

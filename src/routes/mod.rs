@@ -4,6 +4,7 @@ pub mod charges;
 pub mod events;
 pub mod mandates;
 pub mod ops;
+pub mod subscriptions;
 pub mod webhook_endpoints;
 pub mod webhooks;
 

@@ -56,6 +56,26 @@ pub enum EventType {
     ChargeFailed,
     #[serde(rename = "charge.needs_review")]
     ChargeNeedsReview,
+    #[serde(rename = "subscription.created")]
+    SubscriptionCreated,
+    #[serde(rename = "subscription.updated")]
+    SubscriptionUpdated,
+    #[serde(rename = "subscription.paused")]
+    SubscriptionPaused,
+    #[serde(rename = "subscription.resumed")]
+    SubscriptionResumed,
+    #[serde(rename = "subscription.past_due")]
+    SubscriptionPastDue,
+    #[serde(rename = "subscription.cancelled")]
+    SubscriptionCancelled,
+    #[serde(rename = "subscription.finished")]
+    SubscriptionFinished,
+    #[serde(rename = "subscription.charge_upcoming")]
+    SubscriptionChargeUpcoming,
+    #[serde(rename = "dunning.retry_scheduled")]
+    DunningRetryScheduled,
+    #[serde(rename = "dunning.exhausted")]
+    DunningExhausted,
     #[serde(rename = "webhook_endpoint.disabled")]
     WebhookEndpointDisabled,
 }

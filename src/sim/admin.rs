@@ -143,6 +143,14 @@ pub async fn set_faults(
     }
 }
 
+pub async fn fund(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
+    if sim.fund(&id) {
+        Json(json!({"payment_method_id": id, "funded": true})).into_response()
+    } else {
+        Problem::not_found("payment method").response(&format!("/_sim/payment_methods/{id}/fund"))
+    }
+}
+
 pub async fn cards() -> Json<Value> {
     Json(json!({ "data": TEST_CARDS }))
 }

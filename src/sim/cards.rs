@@ -14,6 +14,11 @@ pub enum Behaviour {
     Declines(Decline),
     /// Pays at checkout (the mandate is set up), then every later charge is declined.
     DeclinesLaterCharges,
+    /// Pays at checkout; later charges are declined for `insufficient_funds` until
+    /// `POST /_sim/payment_methods/{id}/fund`, then paid.
+    LaterInsufficientFunds,
+    /// Pays at checkout; every later charge is declined as a lost card (`lost_card`).
+    LaterLost,
 }
 
 /// A refusal, as Moment reports it in `last_payment_error`.
@@ -35,6 +40,20 @@ impl Decline {
         })
     }
 }
+
+/// Later charges of a `LaterInsufficientFunds` card before it is funded.
+pub const LATER_INSUFFICIENT_FUNDS: Decline = Decline {
+    error_code: "card_declined",
+    decline_code: Some("insufficient_funds"),
+    message: "The card was declined due to insufficient funds.",
+};
+
+/// Later charges of a `LaterLost` card.
+pub const LATER_LOST: Decline = Decline {
+    error_code: "card_declined",
+    decline_code: Some("lost_card"),
+    message: "The card was reported lost.",
+};
 
 /// The decline every later charge of a `DeclinesLaterCharges` card gets.
 pub const LATER_CHARGE_DECLINE: Decline = Decline {
@@ -88,6 +107,16 @@ pub const TEST_CARDS: &[TestCard] = &[
         number: "4000000000000341",
         description: "Succeeds at checkout; every later next_in_series charge is declined",
         behaviour: Behaviour::DeclinesLaterCharges,
+    },
+    TestCard {
+        number: "4000000000009953",
+        description: "Succeeds at checkout; later charges are declined insufficient_funds until POST /_sim/payment_methods/{id}/fund",
+        behaviour: Behaviour::LaterInsufficientFunds,
+    },
+    TestCard {
+        number: "4000000000009987",
+        description: "Succeeds at checkout; every later charge is declined as lost_card",
+        behaviour: Behaviour::LaterLost,
     },
 ];
 

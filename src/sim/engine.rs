@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::Problem;
-use super::cards::{self, Behaviour, LATER_CHARGE_DECLINE};
+use super::cards::{self, Behaviour, LATER_CHARGE_DECLINE, LATER_INSUFFICIENT_FUNDS, LATER_LOST};
 use super::consent::{self, Counted};
 use super::model::{self, Kind, Outcome, SavedMethod, Session, Status, new_id, now};
 use super::validate::NewSession;
@@ -572,7 +572,10 @@ impl Sim {
                     serde_json::to_value(&record.session).unwrap_or_default(),
                 ));
             }
-            Behaviour::Succeeds | Behaviour::DeclinesLaterCharges => {
+            Behaviour::Succeeds
+            | Behaviour::DeclinesLaterCharges
+            | Behaviour::LaterInsufficientFunds
+            | Behaviour::LaterLost => {
                 record.behaviour = Some(card.behaviour);
                 record.session.last_payment_error = None;
                 let outcome = if record.session.amount == 0 {
@@ -605,6 +608,7 @@ impl Sim {
                             Vec::new()
                         },
                         behaviour: card.behaviour,
+                        funded: false,
                         last4,
                     };
                     inner.methods.insert(pm, saved);
@@ -630,18 +634,32 @@ impl Sim {
     /// Settles a `next_in_series` charge by its saved card's behaviour.
     fn settle_charge(&self, session_id: &str) {
         let mut inner = self.lock();
-        let Some(record) = inner.sessions.get_mut(session_id) else {
+        let Some(record) = inner.sessions.get(session_id) else {
             return;
         };
         if record.session.status != Status::Active {
             return;
         }
-        let (status, outcome, error) = match record.behaviour {
+        let funded = record
+            .session
+            .payment_method_id
+            .as_ref()
+            .and_then(|pm| inner.methods.get(pm))
+            .is_some_and(|m| m.funded);
+        let Some(record) = inner.sessions.get_mut(session_id) else {
+            return;
+        };
+        let decline = match record.behaviour {
             Some(Behaviour::DeclinesLaterCharges) | Some(Behaviour::Declines(_)) => {
-                let error = LATER_CHARGE_DECLINE.to_json(&now());
-                ("failed", Outcome::Unpaid, Some(error))
+                Some(LATER_CHARGE_DECLINE)
             }
-            _ => ("succeeded", Outcome::Paid, None),
+            Some(Behaviour::LaterInsufficientFunds) if !funded => Some(LATER_INSUFFICIENT_FUNDS),
+            Some(Behaviour::LaterLost) => Some(LATER_LOST),
+            _ => None,
+        };
+        let (status, outcome, error) = match decline {
+            Some(d) => ("failed", Outcome::Unpaid, Some(d.to_json(&now()))),
+            None => ("succeeded", Outcome::Paid, None),
         };
         record.session.last_payment_error = error.clone();
         record.session.set(Status::Completed, outcome);
@@ -744,6 +762,18 @@ impl Sim {
             self.schedule(i, window);
         }
         held.len()
+    }
+
+    /// Funds a `LaterInsufficientFunds` card's account: its later charges are paid from now.
+    /// `false` when no such payment method exists.
+    pub fn fund(&self, payment_method_id: &str) -> bool {
+        match self.lock().methods.get_mut(payment_method_id) {
+            Some(m) => {
+                m.funded = true;
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn deliveries(&self) -> Vec<Delivery> {

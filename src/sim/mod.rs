@@ -105,6 +105,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/_sim/webhooks/release", post(admin::release))
         .route("/_sim/faults", get(admin::faults).patch(admin::set_faults))
         .route("/_sim/cards", get(admin::cards))
+        .route("/_sim/payment_methods/{id}/fund", post(admin::fund))
         .route("/_sim/stats", get(admin::stats))
         .fallback(
             |uri: axum::http::Uri| async move { Problem::not_found("route").response(uri.path()) },

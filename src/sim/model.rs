@@ -121,6 +121,8 @@ pub struct SavedMethod {
     /// later charge's session, which counts while it is processing or once it succeeded.
     #[serde(skip)]
     pub payments: Vec<(OffsetDateTime, i64, Option<String>)>,
+    /// A `LaterInsufficientFunds` card's account has been funded.
+    pub funded: bool,
     pub behaviour: Behaviour,
     pub last4: String,
 }

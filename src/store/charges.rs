@@ -27,6 +27,10 @@ pub struct NewCharge<'a> {
     pub lease_secs: f64,
     /// The lease's holder: the request recording the charge.
     pub lease_token: Uuid,
+    /// The billing clock's time now: the charge counts in the mandate's windows from then.
+    pub billed_at: time::OffsetDateTime,
+    /// For a scheduled charge: its subscription, period and attempt.
+    pub subscription: Option<(Uuid, i32, i32)>,
 }
 
 /// Inserts a pending charge holding the send lease (`lease_token`), in one statement with the mandate's
@@ -37,9 +41,10 @@ pub async fn insert(conn: impl PgExecutor<'_>, c: &NewCharge<'_>) -> sqlx::Resul
     sqlx::query_as(
         "insert into charge (id, mandate_id, amount, currency, reference, metadata, customer_id,
                              payment_method_id, idempotency_key, request_hash, locked_until,
-                             lease_token)
+                             lease_token, billed_at, subscription_id, period, attempt)
          select $1, m.id, coalesce($3, m.amount), m.currency, $5, $6, m.customer_id,
-                m.payment_method_id, $7, $8, now() + make_interval(secs => $9), $10
+                m.payment_method_id, $7, $8, now() + make_interval(secs => $9), $10, $11,
+                $12, $13, $14
          from mandate m
          where m.id = $2 and m.status = 'active'
            and m.customer_id is not null and m.payment_method_id is not null
@@ -57,6 +62,10 @@ pub async fn insert(conn: impl PgExecutor<'_>, c: &NewCharge<'_>) -> sqlx::Resul
     .bind(c.request_hash)
     .bind(c.lease_secs)
     .bind(c.lease_token)
+    .bind(c.billed_at)
+    .bind(c.subscription.map(|s| s.0))
+    .bind(c.subscription.map(|s| s.1))
+    .bind(c.subscription.map(|s| s.2))
     .fetch_optional(conn)
     .await
 }
@@ -338,8 +347,8 @@ pub async fn usage(
 ) -> sqlx::Result<Usage> {
     sqlx::query_as(
         "select count(*) as occurrences,
-                count(*) filter (where created_at >= $2 and created_at < $3) as window_count,
-                coalesce(sum(amount) filter (where created_at >= $2 and created_at < $3), 0)::bigint
+                count(*) filter (where billed_at >= $2 and billed_at < $3) as window_count,
+                coalesce(sum(amount) filter (where billed_at >= $2 and billed_at < $3), 0)::bigint
                     as window_amount
          from charge
          where mandate_id = $1 and status in ('pending', 'processing', 'succeeded', 'needs_review')",
@@ -348,6 +357,24 @@ pub async fn usage(
     .bind(from)
     .bind(to)
     .fetch_one(conn)
+    .await
+}
+
+/// When and how much each of the mandate's charges since `since` counts for its limits (those
+/// that succeeded or may still succeed).
+pub async fn counted_since(
+    conn: impl PgExecutor<'_>,
+    mandate_id: Uuid,
+    since: time::OffsetDateTime,
+) -> sqlx::Result<Vec<(time::OffsetDateTime, i64)>> {
+    sqlx::query_as(
+        "select billed_at, amount from charge
+         where mandate_id = $1 and billed_at >= $2
+           and status in ('pending', 'processing', 'succeeded', 'needs_review')",
+    )
+    .bind(mandate_id)
+    .bind(since)
+    .fetch_all(conn)
     .await
 }
 

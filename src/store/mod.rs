@@ -14,5 +14,6 @@ pub mod charges;
 pub mod deliveries;
 pub mod events;
 pub mod mandates;
+pub mod subscriptions;
 pub mod webhook_endpoints;
 pub mod webhook_events;

@@ -30,6 +30,8 @@ pub struct ChargeRequest {
     pub metadata: BTreeMap<String, String>,
     /// Only check the terms; record and send nothing.
     pub dry_run: bool,
+    /// For a scheduled charge: its subscription, period and attempt.
+    pub subscription: Option<(Uuid, i32, i32)>,
 }
 
 /// The answer for the merchant: status, body, and whether it is a replay.
@@ -49,14 +51,14 @@ pub async fn create(
     key: Option<String>,
     hash: String,
 ) -> Result<Answer, ApiError> {
-    let now = time::OffsetDateTime::now_utc();
+    let now = state.clock.now();
     if req.dry_run {
         return dry_run(state, &req, now).await;
     }
     let key =
         key.ok_or_else(|| ApiError::malformed("Idempotency-Key", "this header is required"))?;
     let token = Uuid::new_v4();
-    let new = NewCharge {
+    let mut new = NewCharge {
         id: Uuid::now_v7(),
         mandate_id: req.mandate_id,
         amount: req.amount,
@@ -67,6 +69,8 @@ pub async fn create(
         request_hash: &hash,
         lease_secs: send_lease_secs(state),
         lease_token: token,
+        billed_at: now,
+        subscription: req.subscription,
     };
     let Some(mandate) = mandates::by_id(&state.db, req.mandate_id).await? else {
         return Err(ApiError::NotFound("mandate"));
@@ -94,11 +98,11 @@ pub async fn create(
             drop(tx);
             return Err(refuse(state, &req).await?);
         };
-        // The transaction's own clock: the charge is recorded at this very instant
-        // (`created_at` defaults to it), so it is counted in the window it was checked in.
-        let at: time::OffsetDateTime = sqlx::query_scalar("select now()")
-            .fetch_one(&mut *tx)
-            .await?;
+        // The billing clock read inside the lock: the charge is recorded at this very instant
+        // (`billed_at`), so it is counted in the window it was checked in, and any charge
+        // recorded before it holds an earlier time.
+        let at = state.clock.now();
+        new.billed_at = at;
         terms::check(&mut tx, &locked, amount, at).await?;
         let inserted = charges::insert(&mut *tx, &new).await?;
         tx.commit().await?;

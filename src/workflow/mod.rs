@@ -7,6 +7,8 @@ pub mod charges;
 pub mod events;
 pub mod mandates;
 pub mod outbound;
+pub mod scheduler;
+pub mod subscriptions;
 pub mod terms;
 
 use serde_json::{Value, json};

@@ -55,6 +55,16 @@ pub const EVENT_TYPES: &[&str] = &[
     "charge.succeeded",
     "charge.failed",
     "charge.needs_review",
+    "subscription.created",
+    "subscription.updated",
+    "subscription.paused",
+    "subscription.resumed",
+    "subscription.past_due",
+    "subscription.cancelled",
+    "subscription.finished",
+    "subscription.charge_upcoming",
+    "dunning.retry_scheduled",
+    "dunning.exhausted",
     "webhook_endpoint.disabled",
 ];
 

@@ -26,6 +26,24 @@ fn breach(term: &'static str, detail: String, limit: i64, used: i64, requested: 
 
 /// The terms that need no count: the amount, and the day within the validity period.
 pub fn check_static(terms: &Terms, amount: i64, now: OffsetDateTime) -> Result<(), ApiError> {
+    check_amount(terms, amount)?;
+    let today = terms::sast_day(now);
+    if let Some(v) = terms.validity_period {
+        if v.start_date.is_some_and(|d| today < d) || v.end_date.is_some_and(|d| today > d) {
+            return Err(breach(
+                "validity_period",
+                format!("the mandate's terms are not valid on {today} (Africa/Johannesburg)"),
+                0,
+                0,
+                amount,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The amount alone: the fixed value or within `{min, max}`.
+pub fn check_amount(terms: &Terms, amount: i64) -> Result<(), ApiError> {
     if let Some(rule) = terms.amount
         && !rule.allows(amount)
     {
@@ -45,18 +63,6 @@ pub fn check_static(terms: &Terms, amount: i64, now: OffsetDateTime) -> Result<(
             0,
             amount,
         ));
-    }
-    let today = terms::sast_day(now);
-    if let Some(v) = terms.validity_period {
-        if v.start_date.is_some_and(|d| today < d) || v.end_date.is_some_and(|d| today > d) {
-            return Err(breach(
-                "validity_period",
-                format!("the mandate's terms are not valid on {today} (Africa/Johannesburg)"),
-                0,
-                0,
-                amount,
-            ));
-        }
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ mod openapi;
 mod ops;
 mod server;
 mod sim_api;
+mod subscriptions;
 mod support;
 mod surface;
 mod terms;

@@ -191,7 +191,7 @@ async fn period_limits_count_the_window_and_a_verification_counts_for_nothing() 
         format!("{}-{:02}-01", today.year(), today.month() as u8)
     );
     // Moved out of the window, the charge no longer counts.
-    sqlx::query("update charge set created_at = created_at - interval '32 days'")
+    sqlx::query("update charge set billed_at = billed_at - interval '32 days'")
         .execute(&app.db)
         .await
         .unwrap();

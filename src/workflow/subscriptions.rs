@@ -1,0 +1,458 @@
+//! Subscriptions as the merchant manages them: created on an active mandate with a schedule
+//! that follows the mandate's consent, shown with a preview of the next charges, paused,
+//! resumed, cancelled and re-priced within the terms. Billing itself is `scheduler`'s.
+
+use std::collections::BTreeMap;
+
+use time::{Date, OffsetDateTime};
+use uuid::Uuid;
+
+use super::terms;
+use crate::api::SubscriptionResponse;
+use crate::domain::schedule::{Unit, local_day};
+use crate::domain::subscription::{
+    self, ScheduleSpec, format_offset, parse_time, weekday_name, weekday_of,
+};
+use crate::domain::terms::Frequency;
+use crate::domain::{Mandate, MandateStatus, Subscription, SubscriptionStatus};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::subscriptions::{self as store, Change, NewSubscription};
+use crate::store::{charges, mandates};
+
+/// Charges shown in a subscription's preview.
+pub const PREVIEW: usize = 12;
+
+/// A checked `POST /subscriptions`.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub mandate_id: Uuid,
+    pub amount: Option<i64>,
+    /// `(unit, count)`; only for a mandate without a recurrence.
+    pub interval: Option<(Unit, u32)>,
+    pub day_of_month: Option<i8>,
+    pub weekday: Option<String>,
+    pub start_date: Option<Date>,
+    pub end_date: Option<Date>,
+    pub count: Option<u32>,
+    pub charge_time: Option<String>,
+    pub adjustment: Option<String>,
+    pub reference: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The schedule for `req` on `mandate`: the mandate's recurrence when it has one (so that the
+/// schedule and the consent cannot drift), else the request's interval and anchor.
+pub fn resolve(
+    state: &AppState,
+    mandate: &Mandate,
+    req: &CreateRequest,
+    today: Date,
+) -> Result<ScheduleSpec, ApiError> {
+    let terms = mandate.terms();
+    let (unit, every, mut day_of_month, mut weekday, mut adjustment) = match &terms.recurrence {
+        Some(r) => {
+            let unit = match r.kind {
+                Frequency::Daily => Unit::Day,
+                Frequency::Weekly => Unit::Week,
+                Frequency::Monthly => Unit::Month,
+                Frequency::Yearly => Unit::Year,
+            };
+            if req.interval.is_some_and(|i| i != (unit, r.interval_count)) {
+                return Err(ApiError::invalid(
+                    "interval",
+                    "the mandate's terms set the schedule (terms.recurrence); leave interval out",
+                ));
+            }
+            let on = r.on.as_ref();
+            let first = on.and_then(|o| o["days"].get(0));
+            let dom = first.and_then(|d| d.as_i64()).map(|d| d as i8);
+            let wd = first.and_then(|d| d.as_str()).map(str::to_owned);
+            let adj = on.and_then(|o| o["adjustment"].as_str()).map(str::to_owned);
+            (unit, r.interval_count, dom, wd, adj)
+        }
+        None => {
+            let (unit, every) = req.interval.ok_or_else(|| {
+                ApiError::invalid(
+                    "interval",
+                    "is required: the mandate's terms have no recurrence to follow",
+                )
+            })?;
+            (unit, every, None, None, None)
+        }
+    };
+    for (given, from_terms, field) in [
+        (
+            req.day_of_month.map(|d| d.to_string()),
+            day_of_month.map(|d| d.to_string()),
+            "day_of_month",
+        ),
+        (req.weekday.clone(), weekday.clone(), "weekday"),
+        (req.adjustment.clone(), adjustment.clone(), "adjustment"),
+    ] {
+        if let (Some(g), Some(t)) = (&given, &from_terms)
+            && g != t
+        {
+            return Err(ApiError::invalid(
+                field,
+                format!("the mandate's terms say {t}; leave {field} out or give the same"),
+            ));
+        }
+    }
+    day_of_month = day_of_month.or(req.day_of_month);
+    weekday = weekday.or(req.weekday.clone());
+    adjustment = adjustment.or(req.adjustment.clone());
+    let start = req.start_date.unwrap_or(today);
+    if start < today {
+        return Err(ApiError::invalid("start_date", "must not be in the past"));
+    }
+    let validity_end = terms.validity_period.and_then(|v| v.end_date);
+    if let (Some(end), Some(limit)) = (req.end_date, validity_end)
+        && end > limit
+    {
+        return Err(ApiError::invalid(
+            "end_date",
+            format!("must not be after the mandate's validity_period.end_date ({limit})"),
+        ));
+    }
+    if req.end_date.is_some_and(|e| e < start) {
+        return Err(ApiError::invalid(
+            "end_date",
+            "must not be before start_date",
+        ));
+    }
+    let mut spec = ScheduleSpec {
+        unit,
+        every,
+        day_of_month: None,
+        weekday: None,
+        month: None,
+        day: None,
+        start_date: start,
+        end_date: req.end_date.or(validity_end),
+        count: req.count,
+        charge_time: match &req.charge_time {
+            Some(t) => {
+                parse_time(t).ok_or_else(|| ApiError::invalid("charge_time", "must be HH:MM"))?;
+                t.clone()
+            }
+            None => {
+                let t = state.settings.billing.charge_time;
+                format!("{:02}:{:02}", t.hour(), t.minute())
+            }
+        },
+        adjustment: None,
+        time_zone: state.settings.billing.time_zone.clone(),
+        utc_offset: format_offset(state.settings.billing.offset),
+    };
+    match unit {
+        Unit::Day => {}
+        Unit::Week => {
+            let w = weekday.unwrap_or_else(|| weekday_name(start.weekday()).to_owned());
+            if weekday_of(&w).is_none() {
+                return Err(ApiError::invalid("weekday", "must be mon, tue, … or sun"));
+            }
+            spec.weekday = Some(w);
+        }
+        Unit::Month => {
+            let d = day_of_month.unwrap_or(start.day() as i8);
+            if !(d == -1 || (1..=31).contains(&d)) {
+                return Err(ApiError::invalid(
+                    "day_of_month",
+                    "must be 1 to 31, or -1 for the last day",
+                ));
+            }
+            spec.day_of_month = Some(d);
+            spec.adjustment = adjustment;
+        }
+        Unit::Year => {
+            spec.month = Some(u8::from(start.month()));
+            spec.day = Some(start.day());
+        }
+    }
+    if spec
+        .adjustment
+        .as_deref()
+        .is_some_and(|a| a != "nearest_weekday")
+    {
+        return Err(ApiError::invalid(
+            "adjustment",
+            "the one adjustment is nearest_weekday",
+        ));
+    }
+    if unit != Unit::Month && (req.day_of_month.is_some() || req.adjustment.is_some()) {
+        return Err(ApiError::invalid(
+            "day_of_month",
+            "only a monthly schedule has a day of the month",
+        ));
+    }
+    if unit != Unit::Week && req.weekday.is_some() {
+        return Err(ApiError::invalid(
+            "weekday",
+            "only a weekly schedule has a weekday",
+        ));
+    }
+    spec.schedule()
+        .map_err(|e| ApiError::invalid("interval", e))?;
+    Ok(spec)
+}
+
+/// Creates a subscription under the merchant's key (a retry with the same key and body gets
+/// the same subscription; with another body, `422`). The amount must keep to the mandate's
+/// terms; the first period is the first on or after `start_date` that has not yet passed.
+pub async fn create(
+    state: &AppState,
+    req: CreateRequest,
+    key: String,
+    hash: String,
+) -> Result<(Subscription, bool), ApiError> {
+    if let Some(existing) = store::by_idempotency_key(&state.db, &key).await? {
+        return replay(existing, &hash);
+    }
+    let mandate = mandates::by_id(&state.db, req.mandate_id)
+        .await?
+        .ok_or(ApiError::NotFound("mandate"))?;
+    if mandate.status != MandateStatus::Active {
+        return Err(ApiError::Conflict(format!(
+            "the mandate is {}, not active",
+            mandate.status
+        )));
+    }
+    let terms = mandate.terms();
+    let amount = match (req.amount, terms.amount) {
+        (Some(a), _) => a,
+        (None, Some(crate::domain::terms::AmountRule::Fixed(a))) => a,
+        (None, _) if mandate.amount > 0 => mandate.amount,
+        (None, _) => {
+            return Err(ApiError::invalid(
+                "amount",
+                "is required: the mandate has no fixed amount to bill",
+            ));
+        }
+    };
+    if amount <= 0 {
+        return Err(ApiError::invalid("amount", "must be at least 1"));
+    }
+    let now = state.clock.now();
+    terms::check_amount(&terms, amount)?;
+    let today = local_day(now, state.settings.billing.offset);
+    let spec = resolve(state, &mandate, &req, today)?;
+    let schedule = spec
+        .schedule()
+        .map_err(|e| ApiError::invalid("interval", e))?;
+    let first = schedule.first_due_at_or_after(now);
+    let new = NewSubscription {
+        id: Uuid::now_v7(),
+        mandate_id: mandate.id,
+        amount,
+        currency: &mandate.currency,
+        schedule: &spec,
+        reference: req.reference.as_deref(),
+        metadata: &req.metadata,
+        idempotency_key: &key,
+        request_hash: &hash,
+        first_charge_at: first.and_then(|n| schedule.at(n)),
+    };
+    match store::insert(&state.db, &new).await? {
+        Some(mut s) => {
+            if let Some(n) = first.filter(|n| *n > 0) {
+                s = store::change(
+                    &state.db,
+                    s.id,
+                    &[SubscriptionStatus::Active],
+                    &Change {
+                        next: Some((n as i32, schedule.at(n))),
+                        ..Change::default()
+                    },
+                )
+                .await?
+                .unwrap_or(s);
+            }
+            tracing::info!(subscription_id = %s.id, mandate_id = %s.mandate_id, "subscription created");
+            Ok((s, false))
+        }
+        None => match store::by_idempotency_key(&state.db, &key).await? {
+            Some(existing) => replay(existing, &hash),
+            None => Err(ApiError::Conflict("the mandate is no longer active".into())),
+        },
+    }
+}
+
+fn replay(existing: Subscription, hash: &str) -> Result<(Subscription, bool), ApiError> {
+    if existing.request_hash != hash {
+        return Err(ApiError::IdempotencyMismatch);
+    }
+    Ok((existing, true))
+}
+
+/// The subscription as the API shows it, with the preview of its next charges held to its
+/// mandate's terms as they stand now.
+pub async fn view(state: &AppState, s: &Subscription) -> Result<SubscriptionResponse, ApiError> {
+    let mut out = SubscriptionResponse::from(s);
+    if !matches!(
+        s.status,
+        SubscriptionStatus::Active | SubscriptionStatus::PastDue
+    ) {
+        return Ok(out);
+    }
+    let Ok(schedule) = s.schedule.0.schedule() else {
+        return Ok(out);
+    };
+    let Some(mandate) = mandates::by_id(&state.db, s.mandate_id).await? else {
+        return Ok(out);
+    };
+    let terms = mandate.terms();
+    let now = state.clock.now();
+    let mut conn = state.db.acquire().await?;
+    let ledger = terms::ledger(&mut conn, &mandate, now).await?;
+    // What counts from the current window on: charges that succeeded or may still succeed.
+    let since = terms
+        .period_limits
+        .as_ref()
+        .map(|l| {
+            let (start, _) = crate::domain::terms::window(l, crate::domain::terms::sast_day(now));
+            crate::domain::terms::sast_midnight(start)
+        })
+        .unwrap_or(now);
+    let mut counted = charges::counted_since(&mut *conn, mandate.id, since).await?;
+    if mandate.amount > 0 && mandate.created_at >= since {
+        counted.push((mandate.created_at, mandate.amount));
+    }
+    let from = s.dunning_period.unwrap_or(s.next_period).max(0) as u32;
+    out.preview = Some(subscription::preview(
+        &schedule,
+        from,
+        PREVIEW,
+        s.amount,
+        &terms,
+        ledger.occurrences_used,
+        &counted,
+    ));
+    Ok(out)
+}
+
+/// Pauses billing (and any dunning) until resumed, or until `resume_at`.
+pub async fn pause(
+    state: &AppState,
+    id: Uuid,
+    resume_at: Option<OffsetDateTime>,
+) -> Result<Subscription, ApiError> {
+    if resume_at.is_some_and(|t| t <= state.clock.now()) {
+        return Err(ApiError::invalid("resume_at", "must be in the future"));
+    }
+    let change = Change {
+        status: Some(SubscriptionStatus::Paused),
+        resume_at: Some(resume_at),
+        end_dunning: true,
+        ..Change::default()
+    };
+    apply(
+        state,
+        id,
+        &[SubscriptionStatus::Active, SubscriptionStatus::PastDue],
+        &change,
+    )
+    .await
+}
+
+/// Resumes a paused subscription from its next period due from now on: periods that fell
+/// due while paused are not charged, and the anchor does not move.
+pub async fn resume(state: &AppState, id: Uuid) -> Result<Subscription, ApiError> {
+    let s = store::by_id(&state.db, id)
+        .await?
+        .ok_or(ApiError::NotFound("subscription"))?;
+    resume_row(state, &s).await
+}
+
+/// Resumes `s` (paused) at the first period due from now on.
+pub async fn resume_row(state: &AppState, s: &Subscription) -> Result<Subscription, ApiError> {
+    let schedule = s
+        .schedule
+        .0
+        .schedule()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
+    let n = schedule
+        .first_due_at_or_after(state.clock.now())
+        .map_or(s.next_period, |n| (n as i32).max(s.next_period));
+    let at = schedule.at(n as u32);
+    let change = Change {
+        status: Some(if at.is_some() {
+            SubscriptionStatus::Active
+        } else {
+            SubscriptionStatus::Finished
+        }),
+        resume_at: Some(None),
+        next: Some((n, at)),
+        end_dunning: true,
+        ..Change::default()
+    };
+    apply(state, s.id, &[SubscriptionStatus::Paused], &change).await
+}
+
+/// Cancels now, or at the end of the current period (before its next charge).
+pub async fn cancel(
+    state: &AppState,
+    id: Uuid,
+    at_period_end: bool,
+) -> Result<Subscription, ApiError> {
+    let live = [
+        SubscriptionStatus::Active,
+        SubscriptionStatus::PastDue,
+        SubscriptionStatus::Paused,
+    ];
+    let change = if at_period_end {
+        Change {
+            cancel_at_period_end: Some(true),
+            ..Change::default()
+        }
+    } else {
+        Change {
+            status: Some(SubscriptionStatus::Cancelled),
+            end_dunning: true,
+            ..Change::default()
+        }
+    };
+    apply(state, id, &live, &change).await
+}
+
+/// Changes the amount of the next charges, within the mandate's terms.
+pub async fn set_amount(state: &AppState, id: Uuid, amount: i64) -> Result<Subscription, ApiError> {
+    let s = store::by_id(&state.db, id)
+        .await?
+        .ok_or(ApiError::NotFound("subscription"))?;
+    let mandate = mandates::by_id(&state.db, s.mandate_id)
+        .await?
+        .ok_or(ApiError::NotFound("mandate"))?;
+    let terms = mandate.terms();
+    terms::check_amount(&terms, amount)?;
+    let change = Change {
+        amount: Some(amount),
+        ..Change::default()
+    };
+    let live = [
+        SubscriptionStatus::Active,
+        SubscriptionStatus::PastDue,
+        SubscriptionStatus::Paused,
+    ];
+    apply(state, id, &live, &change).await
+}
+
+async fn apply(
+    state: &AppState,
+    id: Uuid,
+    from: &[SubscriptionStatus],
+    change: &Change,
+) -> Result<Subscription, ApiError> {
+    match store::change(&state.db, id, from, change).await? {
+        Some(s) => Ok(s),
+        None => {
+            let s = store::by_id(&state.db, id)
+                .await?
+                .ok_or(ApiError::NotFound("subscription"))?;
+            Err(ApiError::Conflict(format!(
+                "the subscription is {}",
+                s.status
+            )))
+        }
+    }
+}
