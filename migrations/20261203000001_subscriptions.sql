@@ -77,6 +77,7 @@ create function subscription_view(s subscription) returns jsonb language sql sta
         'currency', s.currency, 'schedule', s.schedule, 'reference', s.reference,
         'metadata', s.metadata, 'next_period', s.next_period,
         'next_charge_at', to_char(s.next_charge_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'open_charge_id', s.open_charge_id, 'last_failure', s.last_failure,
         'cancel_at_period_end', s.cancel_at_period_end,
         'resume_at', to_char(s.resume_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
         'dunning', case when s.dunning_period is null then null else jsonb_build_object(

@@ -347,6 +347,9 @@ pub struct SubscriptionResponse {
     /// failure.
     #[schema(value_type = Option<Object>)]
     pub dunning: Option<Value>,
+    /// Why the last charge failed or could not be made (kept after dunning ends).
+    #[schema(value_type = Option<Object>)]
+    pub last_failure: Option<Value>,
     /// The next charges (12 at most) with the term that would stop each: only in
     /// `GET /subscriptions/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -384,6 +387,7 @@ impl From<&crate::domain::Subscription> for SubscriptionResponse {
             cancel_at_period_end: s.cancel_at_period_end,
             resume_at: s.resume_at,
             dunning,
+            last_failure: s.last_failure.as_ref().map(|f| f.0.clone()),
             preview: None,
             created_at: s.created_at,
             updated_at: s.updated_at,

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 use sqlx::Row;
-use time::{Date, Duration, Month, OffsetDateTime, Weekday};
+use time::{Date, Duration, OffsetDateTime};
 
 use crate::support::stack::{Stack, start_stack};
 
@@ -79,7 +79,6 @@ fn monthly_terms() -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_monthly_subscription_on_the_31st_is_charged_once_a_month_on_the_last_day() {
-    let _ = tracing_subscriber::fmt().with_env_filter("warn").try_init();
     let stack = start_stack(|_| {}).await;
     let m = mandate(&stack, "m", CARD, monthly_terms()).await;
     let sub = subscribe(
@@ -122,4 +121,261 @@ async fn a_monthly_subscription_on_the_31st_is_charged_once_a_month_on_the_last_
         .body;
     assert_eq!(shown["status"], "active");
     assert_eq!(shown["next_period"], charges.len());
+}
+
+/// A mandate without a recurrence, on demand up to 9900, and a monthly subscription from
+/// tomorrow at 09:00.
+async fn monthly_from_tomorrow(stack: &Stack, key: &str, card: &str) -> Value {
+    let m = mandate(
+        stack,
+        &format!("{key}-m"),
+        card,
+        json!({"amount": {"max": 9900}}),
+    )
+    .await;
+    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
+    subscribe(
+        stack,
+        key,
+        json!({"mandate_id": m["id"], "amount": 5000, "interval": {"unit": "month", "count": 1},
+               "start_date": tomorrow.to_string()}),
+    )
+    .await
+}
+
+async fn event_types(stack: &Stack, resource: &Value) -> Vec<String> {
+    let path = format!(
+        "/events?resource_id={}&limit=100",
+        resource["id"].as_str().unwrap()
+    );
+    let page = stack.get(&path).await.body;
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn show(stack: &Stack, sub: &Value) -> Value {
+    stack
+        .get(&format!("/subscriptions/{}", sub["id"].as_str().unwrap()))
+        .await
+        .body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insufficient_funds_is_retried_on_the_dunning_schedule_and_a_success_ends_it() {
+    let stack = start_stack(|_| {}).await;
+    let sub = monthly_from_tomorrow(&stack, "s", BROKE).await;
+    advance(&stack, 2).await;
+    let after_one = show(&stack, &sub).await;
+    assert_eq!(after_one["status"], "past_due", "{after_one}");
+    assert_eq!(after_one["dunning"]["failures"], 1);
+    assert_eq!(
+        after_one["dunning"]["last_failure"]["decline_code"],
+        "insufficient_funds"
+    );
+    // The first retry (a day after the failure) fails too; then the card is funded, and the
+    // second retry (three days after the first failure) pays.
+    let pm = sqlx::query_scalar::<_, String>("select payment_method_id from mandate")
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(show(&stack, &sub).await["dunning"]["failures"], 1);
+    advance(&stack, 1).await;
+    assert_eq!(show(&stack, &sub).await["dunning"]["failures"], 2);
+    assert!(stack.sim().fund(&pm));
+    advance(&stack, 3).await;
+    let healed = show(&stack, &sub).await;
+    assert_eq!(healed["status"], "active", "{healed}");
+    assert!(healed["dunning"].is_null());
+    let charges = charges_of(&stack, &sub).await;
+    let shape: Vec<(i32, i32, &str)> = charges.iter().map(|c| (c.0, c.1, c.2.as_str())).collect();
+    assert_eq!(
+        shape,
+        [(0, 0, "failed"), (0, 1, "failed"), (0, 2, "succeeded")]
+    );
+    // Retries one and three days after the first failure; the anchor stays.
+    assert_eq!(charges[1].3 - charges[0].3 >= Duration::days(1), true);
+    assert!((charges[1].3 - charges[0].3) < Duration::days(1) + Duration::minutes(1));
+    assert!((charges[2].3 - charges[0].3) < Duration::days(3) + Duration::minutes(1));
+    let next: OffsetDateTime = time::OffsetDateTime::parse(
+        healed["next_charge_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(
+        sast(next).day(),
+        sast(charges[0].3).day(),
+        "a late payment never moves the anchor"
+    );
+    let types = event_types(&stack, &sub).await;
+    for t in [
+        "subscription.created",
+        "subscription.past_due",
+        "dunning.retry_scheduled",
+        "subscription.updated",
+    ] {
+        assert!(types.contains(&t.to_owned()), "{t} missing from {types:?}");
+    }
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| *t == "dunning.retry_scheduled")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_card_is_not_retried_and_the_subscription_is_paused() {
+    let stack = start_stack(|_| {}).await;
+    let sub = monthly_from_tomorrow(&stack, "s", LOST).await;
+    advance(&stack, 10).await;
+    let after = show(&stack, &sub).await;
+    assert_eq!(after["status"], "paused", "{after}");
+    let charges = charges_of(&stack, &sub).await;
+    assert_eq!(charges.len(), 1, "never retried: {charges:?}");
+    let types = event_types(&stack, &sub).await;
+    assert!(types.contains(&"dunning.exhausted".to_owned()), "{types:?}");
+    assert!(
+        types.contains(&"subscription.paused".to_owned()),
+        "{types:?}"
+    );
+    assert!(
+        !types.contains(&"dunning.retry_scheduled".to_owned()),
+        "{types:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mandates_terms_stop_a_scheduled_charge_before_moment_and_the_preview_says_which() {
+    let stack = start_stack(|_| {}).await;
+    let terms = json!({"amount": {"max": 9900}, "max_occurrences": 2,
+                       "period_limits": {"period": "month", "max_count": 1}});
+    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
+    // Weekly charges against a limit of one a month: the preview says which term stops them.
+    let weekly_mandate = mandate(&stack, "w", CARD, terms.clone()).await;
+    let weekly = subscribe(
+        &stack,
+        "weekly",
+        json!({"mandate_id": weekly_mandate["id"], "amount": 5000,
+               "interval": {"unit": "week", "count": 1}, "start_date": tomorrow.to_string()}),
+    )
+    .await;
+    let blocked: Vec<Value> = weekly["preview"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["blocked_by"].clone())
+        .collect();
+    assert_eq!(blocked[0], Value::Null);
+    assert!(
+        blocked.contains(&json!("period_limits.max_count: 1 a month already used")),
+        "{blocked:?}"
+    );
+    stack
+        .post(
+            &format!("/subscriptions/{}/cancel", weekly["id"].as_str().unwrap()),
+            &json!({}),
+            "c",
+        )
+        .await;
+
+    let m = mandate(&stack, "m", CARD, terms).await;
+    let sub = subscribe(
+        &stack,
+        "s",
+        json!({"mandate_id": m["id"], "amount": 5000, "interval": {"unit": "month", "count": 1},
+               "start_date": tomorrow.to_string()}),
+    )
+    .await;
+    let blocked: Vec<Value> = sub["preview"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["blocked_by"].clone())
+        .collect();
+    assert_eq!(
+        blocked[..3],
+        [
+            Value::Null,
+            Value::Null,
+            json!("max_occurrences: 2 of 2 used")
+        ]
+    );
+    advance(&stack, 70).await;
+    let charges = charges_of(&stack, &sub).await;
+    assert_eq!(charges.len(), 2, "{charges:?}");
+    let after = show(&stack, &sub).await;
+    assert_eq!(after["status"], "paused", "{after}");
+    assert_eq!(after["last_failure"]["term"], "max_occurrences", "{after}");
+    let sessions: usize = stack.sessions_by_reference("next_in_series").values().sum();
+    assert_eq!(sessions, 2, "the refused period never reached Moment");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_cancel_move_the_schedule_without_moving_its_anchor() {
+    let stack = start_stack(|_| {}).await;
+    let sub = monthly_from_tomorrow(&stack, "s", CARD).await;
+    let id = sub["id"].as_str().unwrap();
+    let paused = stack
+        .post(&format!("/subscriptions/{id}/pause"), &json!({}), "p")
+        .await;
+    assert_eq!(paused.body["status"], "paused", "{}", paused.body);
+    advance(&stack, 40).await;
+    assert!(
+        charges_of(&stack, &sub).await.is_empty(),
+        "nothing is charged while paused"
+    );
+    let resumed = stack
+        .post(&format!("/subscriptions/{id}/resume"), &json!({}), "r")
+        .await;
+    assert_eq!(resumed.body["status"], "active", "{}", resumed.body);
+    assert_eq!(
+        resumed.body["next_period"], 2,
+        "the periods missed while paused are skipped"
+    );
+    advance(&stack, 31).await;
+    let charges = charges_of(&stack, &sub).await;
+    assert_eq!(charges.iter().map(|c| c.0).collect::<Vec<_>>(), [2]);
+    let start = sast(OffsetDateTime::now_utc()) + Duration::days(1);
+    let d = sast(charges[0].3);
+    assert_eq!(
+        d.day(),
+        start
+            .day()
+            .min(time::util::days_in_month(d.month(), d.year()))
+    );
+    let too_high = stack
+        .patch(&format!("/subscriptions/{id}"), &json!({"amount": 10000}))
+        .await;
+    assert_eq!(too_high.status, 422, "{}", too_high.body);
+    let cancel = stack
+        .post(
+            &format!("/subscriptions/{id}/cancel"),
+            &json!({"at_period_end": true}),
+            "c",
+        )
+        .await;
+    assert_eq!(cancel.body["cancel_at_period_end"], true);
+    advance(&stack, 40).await;
+    let after = show(&stack, &sub).await;
+    assert_eq!(after["status"], "cancelled");
+    assert_eq!(
+        charges_of(&stack, &sub).await.len(),
+        1,
+        "nothing charged after cancelling"
+    );
+    let types = event_types(&stack, &sub).await;
+    for t in [
+        "subscription.paused",
+        "subscription.resumed",
+        "subscription.updated",
+        "subscription.cancelled",
+        "subscription.charge_upcoming",
+    ] {
+        assert!(types.contains(&t.to_owned()), "{t} missing from {types:?}");
+    }
 }

@@ -67,6 +67,18 @@ impl Stack {
         read(resp).await
     }
 
+    pub async fn patch(&self, path: &str, body: &Value) -> Reply {
+        let resp = self
+            .http
+            .patch(format!("{}{path}", self.dev.service_url))
+            .bearer_auth(&self.dev.api_key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        read(resp).await
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         let resp = self
             .http
