@@ -457,8 +457,9 @@ impl Sim {
                     ));
                 }
                 if let Some(terms) = &method.terms {
-                    let counted: Vec<Counted> = method
-                        .payments
+                    // Only terms that count payments need them counted.
+                    let payments = if terms.counts() { &method.payments[..] } else { &[] };
+                    let counted: Vec<Counted> = payments
                         .iter()
                         .filter(|(_, _, session)| {
                             session.as_ref().is_none_or(|s| {
@@ -479,7 +480,11 @@ impl Sim {
                 record.behaviour = Some(method.behaviour);
                 record.last4 = method.last4.clone();
                 let (today, amount, session) = (self.today(), req.amount, id.clone());
-                if let Some(m) = inner.methods.get_mut(&method_id) {
+                if let Some(m) = inner
+                    .methods
+                    .get_mut(&method_id)
+                    .filter(|m| m.terms.as_ref().is_some_and(|t| t.counts()))
+                {
                     m.payments.push((today, amount, Some(session)));
                 }
                 record.session.customer_id = Some(customer);

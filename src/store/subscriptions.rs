@@ -207,8 +207,10 @@ pub async fn outcomes(conn: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec
     sqlx::query_as(
         "select s.*, c.status as charge_status, c.failure as charge_failure,
                 c.period as charge_period
-         from subscription s join charge c on c.id = s.open_charge_id
-         where c.status in ('succeeded', 'failed')
+         from subscription s
+         cross join lateral (select status, failure, period from charge
+                             where id = s.open_charge_id) c
+         where s.open_charge_id is not null and c.status in ('succeeded', 'failed')
          order by s.id
          limit $1
          for update of s skip locked",
@@ -386,10 +388,14 @@ pub struct Backlog {
 pub async fn backlog(conn: impl PgExecutor<'_>, now: OffsetDateTime) -> sqlx::Result<Backlog> {
     sqlx::query_as(
         "select
-            (select count(*) from subscription s join charge c on c.id = s.open_charge_id
-              where c.status in ('pending', 'processing')) as in_flight,
-            (select count(*) from subscription s join charge c on c.id = s.open_charge_id
-              where c.status in ('succeeded', 'failed')) as to_settle,
+            (select count(*) from subscription s
+              cross join lateral (select status from charge where id = s.open_charge_id) c
+              where s.open_charge_id is not null and c.status in ('pending', 'processing'))
+              as in_flight,
+            (select count(*) from subscription s
+              cross join lateral (select status from charge where id = s.open_charge_id) c
+              where s.open_charge_id is not null and c.status in ('succeeded', 'failed'))
+              as to_settle,
             (select count(*) from subscription
               where open_charge_id is null
                 and (((status in ('active', 'past_due') and retry_at is null and next_charge_at <= $1)

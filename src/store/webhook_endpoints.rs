@@ -147,17 +147,24 @@ pub async fn disable(conn: impl PgExecutor<'_>, id: Uuid, reason: &str) -> sqlx:
 }
 
 /// Records an answer from an endpoint: a success ends its failing streak, a failure starts
-/// one if none runs. Returns since when it has been failing.
+/// one if none runs. Returns since when it has been failing. The row is written (and locked)
+/// only when that changes: the usual success takes no lock, so deliveries never queue behind
+/// the fan-out's hold on the endpoint.
 pub async fn record_result(
     conn: impl PgExecutor<'_>,
     id: Uuid,
     ok: bool,
 ) -> sqlx::Result<Option<OffsetDateTime>> {
     sqlx::query_scalar(
-        "update webhook_endpoint set
-             failing_since = case when $2 then null else coalesce(failing_since, now()) end
-         where id = $1
-         returning failing_since",
+        "with changed as (
+             update webhook_endpoint set failing_since = case when $2 then null else now() end
+             where id = $1 and (case when $2 then failing_since is not null
+                                     else failing_since is null end)
+             returning failing_since)
+         select failing_since from changed
+         union all
+         select failing_since from webhook_endpoint
+         where id = $1 and not exists (select 1 from changed)",
     )
     .bind(id)
     .bind(ok)

@@ -36,6 +36,15 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("delete", "/webhook-endpoints/{id}"),
     ("post", "/webhook-endpoints/{id}/rotate-secret"),
     ("post", "/webhook-endpoints/{id}/recover"),
+    ("post", "/subscriptions"),
+    ("get", "/subscriptions"),
+    ("get", "/subscriptions/{id}"),
+    ("patch", "/subscriptions/{id}"),
+    ("post", "/subscriptions/{id}/pause"),
+    ("post", "/subscriptions/{id}/resume"),
+    ("post", "/subscriptions/{id}/cancel"),
+    ("get", "/test-clock"),
+    ("post", "/test-clock/advance"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/openapi.json"),
@@ -135,6 +144,8 @@ async fn every_operation_documents_its_responses_and_problem_errors() {
         let merchant = path.starts_with("/charges")
             || path.starts_with("/events")
             || path.starts_with("/webhook-endpoints")
+            || path.starts_with("/subscriptions")
+            || path.starts_with("/test-clock")
             || (path.starts_with("/mandates") && !path.ends_with("/return"));
         // Every operation states its security; only the merchant's ask for the API key.
         let security = op["security"].as_array();

@@ -379,3 +379,133 @@ async fn pause_resume_and_cancel_move_the_schedule_without_moving_its_anchor() {
         assert!(types.contains(&t.to_owned()), "{t} missing from {types:?}");
     }
 }
+
+/// Every day from `start` whose 09:00 in Johannesburg is at or before `end` and that `bills`.
+fn days_billed(start: Date, end: OffsetDateTime, bills: impl Fn(Date) -> bool) -> Vec<Date> {
+    let mut out = Vec::new();
+    let mut d = start;
+    while d.with_hms(9, 0, 0).unwrap().assume_offset(time::macros::offset!(+2)) <= end {
+        if bills(d) {
+            out.push(d);
+        }
+        d = d.next_day().unwrap();
+    }
+    out
+}
+
+fn last_of_month(d: Date) -> bool {
+    d.next_day().unwrap().month() != d.month()
+}
+
+fn leap(y: i32) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_subscriptions_are_billed_for_two_years_each_charge_on_its_day() {
+    let stack = start_stack(|o| {
+        o.settle_delay = std::time::Duration::from_millis(5);
+        o.db_max_connections = 30;
+    })
+    .await;
+    // The demo shop's endpoint would receive some 80,000 events: not what this test is about.
+    sqlx::query("delete from webhook_endpoint").execute(&stack.db).await.unwrap();
+    let started = std::time::Instant::now();
+    let mandates: Vec<Value> = futures::future::join_all((0..10).map(|i| {
+        let stack = &stack;
+        async move { mandate(stack, &format!("m{i}"), CARD, json!({"amount": {"max": 100000}})).await }
+    }))
+    .await;
+    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
+    let weekdays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    // (kind, request) for each of the 1,000: monthly on the 31st and on the last day, weekly on
+    // Mondays and Thursdays, yearly from tomorrow, and yearly on 29 February.
+    let plans: Vec<(String, Value)> = (0..1000)
+        .map(|i| {
+            let m = &mandates[i % 10]["id"];
+            let monthly = |day: i32| json!({"mandate_id": m, "amount": 1000,
+                "interval": {"unit": "month", "count": 1}, "day_of_month": day,
+                "start_date": tomorrow.to_string()});
+            let yearly = |start: &str| json!({"mandate_id": m, "amount": 1000,
+                "interval": {"unit": "year", "count": 1}, "start_date": start});
+            match i % 50 {
+                0..=5 => ("month31".into(), monthly(31)),
+                6..=9 => ("last".into(), monthly(-1)),
+                10 => {
+                    let w = if i % 100 == 10 { "mon" } else { "thu" };
+                    (format!("week-{w}"), json!({"mandate_id": m, "amount": 1000,
+                        "interval": {"unit": "week", "count": 1}, "weekday": w,
+                        "start_date": tomorrow.to_string()}))
+                }
+                11..=30 => ("year".into(), yearly(&tomorrow.to_string())),
+                _ => ("feb29".into(), yearly("2028-02-29")),
+            }
+        })
+        .collect();
+    let mut subs = Vec::new();
+    for chunk in plans.chunks(50) {
+        let made = futures::future::join_all(chunk.iter().enumerate().map(|(j, (kind, body))| {
+            let stack = &stack;
+            let key = format!("sub-{}-{j}", subs.len());
+            async move { (kind.clone(), subscribe(stack, &key, body.clone()).await) }
+        }))
+        .await;
+        subs.extend(made);
+    }
+    let mut ran = Value::Null;
+    for _ in 0..17 {
+        let t = std::time::Instant::now();
+        ran = advance(&stack, 43).await;
+        eprintln!("43 days: {ran} in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    let end = OffsetDateTime::parse(
+        ran["now"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let rows: Vec<(uuid::Uuid, String, OffsetDateTime)> = sqlx::query(
+        "select subscription_id, status, billed_at from charge where subscription_id is not null
+         order by billed_at",
+    )
+    .fetch_all(&stack.db)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect();
+    let mut by_sub: std::collections::HashMap<uuid::Uuid, Vec<Date>> = Default::default();
+    for (id, status, at) in &rows {
+        assert_eq!(status, "succeeded");
+        by_sub.entry(*id).or_default().push(sast(*at));
+    }
+    for (kind, sub) in &subs {
+        let id: uuid::Uuid = sub["id"].as_str().unwrap().parse().unwrap();
+        let expected = match kind.as_str() {
+            "month31" | "last" => days_billed(tomorrow, end, last_of_month),
+            "year" => days_billed(tomorrow, end, |d| {
+                d.month() == tomorrow.month() && d.day() == tomorrow.day()
+            }),
+            "feb29" => days_billed(tomorrow, end, |d| {
+                d >= time::macros::date!(2028 - 02 - 29)
+                    && d.month() == time::Month::February
+                    && (d.day() == 29 || (d.day() == 28 && !leap(d.year())))
+            }),
+            week => {
+                let w = week.trim_start_matches("week-");
+                days_billed(tomorrow, end, |d| {
+                    weekdays[d.weekday().number_days_from_monday() as usize] == w
+                })
+            }
+        };
+        let got = by_sub.remove(&id).unwrap_or_default();
+        assert_eq!(got, expected, "{kind} {id}");
+    }
+    let sessions: usize = stack.sessions_by_reference("next_in_series").values().sum();
+    assert_eq!(sessions, rows.len(), "one Moment charge per period");
+    eprintln!(
+        "1,000 subscriptions, two years: {} charges in {} steps, {:.1} s",
+        rows.len(),
+        ran["steps"],
+        started.elapsed().as_secs_f64()
+    );
+}
