@@ -160,3 +160,15 @@ create trigger subscription_event_insert after insert on subscription
 
 create trigger subscription_event_update after update on subscription
     for each row execute function subscription_event();
+
+-- The API's view of a charge shows the subscription and period it bills.
+create or replace function charge_view(c charge) returns jsonb language sql stable as $$
+    select jsonb_build_object(
+        'id', c.id, 'mandate_id', c.mandate_id, 'status', c.status, 'amount', c.amount,
+        'currency', c.currency, 'reference', c.reference, 'metadata', c.metadata,
+        'session_id', c.session_id, 'payment_id', c.payment_id, 'failure', c.failure,
+        'review_reason', c.review_reason, 'subscription_id', c.subscription_id,
+        'period', c.period,
+        'created_at', to_char(c.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'updated_at', to_char(c.updated_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+$$;

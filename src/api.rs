@@ -139,6 +139,12 @@ pub struct ChargeResponse {
     #[schema(value_type = Option<Object>)]
     #[serde(default)]
     pub review_reason: Option<Value>,
+    /// For a charge made by a subscription: the subscription, and the period it bills (0 is
+    /// the first).
+    #[serde(default)]
+    pub subscription_id: Option<Uuid>,
+    #[serde(default)]
+    pub period: Option<i32>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
@@ -161,6 +167,8 @@ impl From<&Charge> for ChargeResponse {
             payment_id: c.payment_id.clone(),
             failure: c.failure.as_ref().map(|f| f.0.clone()),
             review_reason: c.review_reason.as_ref().map(|r| r.0.clone()),
+            subscription_id: c.subscription_id,
+            period: c.period,
             created_at: c.created_at,
             updated_at: c.updated_at,
         }

@@ -13,6 +13,8 @@ pub struct Size {
     pub webhook_pool: usize,
     /// Mandates charged in the billing run.
     pub mandates: usize,
+    /// Subscriptions due at once on the first of the month.
+    pub subscriptions: usize,
 }
 
 pub const FULL: Size = Size {
@@ -20,12 +22,14 @@ pub const FULL: Size = Size {
     secs: 10,
     webhook_pool: 300_000,
     mandates: 10_000,
+    subscriptions: 20_000,
 };
 pub const TINY: Size = Size {
     name: "tiny",
     secs: 1,
     webhook_pool: 20_000,
     mandates: 200,
+    subscriptions: 200,
 };
 
 /// What the command line asks for.

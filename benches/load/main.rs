@@ -11,6 +11,7 @@ mod pgbench;
 mod proc_stats;
 mod process;
 mod report;
+mod scheduler;
 mod statement;
 
 use std::path::PathBuf;
@@ -40,6 +41,8 @@ const LATENCY_MS: u64 = 50;
 /// Connections for the ingestion runs; the billing run keeps `BILLING_IN_FLIGHT` in flight.
 const LEVELS: [usize; 3] = [1, 16, 64];
 const BILLING_IN_FLIGHT: usize = 64;
+/// The scheduler's concurrency in the first-of-the-month runs.
+const SCHEDULER_LEVELS: [usize; 2] = [64, 256];
 
 fn main() -> anyhow::Result<()> {
     let args::Args { size, out } = args::parse()?;
@@ -88,18 +91,19 @@ async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
             .env("RUST_LOG", "warn"),
     )?;
     let started = Instant::now();
-    let mut service = spawn(
-        &logs.join("bench-service.log"),
-        Command::new(env!("CARGO_BIN_EXE_moment-mandates"))
-            .arg("serve")
+    let service_command = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_moment-mandates"));
+        c.arg("serve")
             .env("DATABASE_URL", url)
             .env("LISTEN_ADDR", format!("127.0.0.1:{service_port}"))
             .env("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("MOMENT_API_URL", &sim_url)
             .env("MOMENT_SECRET_KEY", MOMENT_KEY)
             .env("MOMENT_WEBHOOK_SECRETS", &secret)
-            .env("API_KEYS", API_KEY),
-    )?;
+            .env("API_KEYS", API_KEY);
+        c
+    };
+    let mut service = spawn(&logs.join("bench-service.log"), &mut service_command())?;
     let http = reqwest::Client::new();
     wait_ready(&http, &format!("{service_url}/readyz"), &mut service).await?;
     let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -122,8 +126,34 @@ async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
     .await;
     let service_hwm = rss_kib(service.id(), "VmHWM");
     stop(&mut service);
+    let mut m = result?;
+    // The first of the month: the scheduler at two concurrencies, a fresh service each.
+    let scheduled = scheduler::Service {
+        command: &service_command,
+        log: logs.join("bench-scheduler.log"),
+        ready_url: format!("{service_url}/readyz"),
+        sim_pid: sim.id(),
+    };
+    let result = async {
+        for c in SCHEDULER_LEVELS {
+            let b = scheduler::first_of_the_month(&db, &http, &scheduled, c, size.subscriptions)
+                .await?;
+            println!(
+                "bench: first of the month, concurrency {c}: {} charges in {:.1} s: {:.0}/s ({:.2} of the simulator's limit), settled after {:.1} s, {:.1} transactions per charge",
+                b.charges,
+                b.sent_secs,
+                b.per_sec(),
+                b.per_sec() / (c as f64 * 1000.0 / LATENCY_MS as f64),
+                b.settled_secs,
+                b.xacts_per_charge
+            );
+            m.scheduled.push(b);
+        }
+        anyhow::Ok(())
+    }
+    .await;
     stop(&mut sim);
-    let m = result?;
+    result?;
     Ok(report(
         size,
         &machine,
@@ -151,6 +181,8 @@ struct Measured {
     /// Events delivered to the local receiver, and how long that took.
     events_out: u64,
     events_out_secs: f64,
+    /// The first of the month, at each scheduler concurrency.
+    scheduled: Vec<scheduler::Billed>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -355,5 +387,6 @@ async fn measure(
         billing_setup_secs,
         sim_sessions: delta("sessions"),
         sim_payments: delta("payments_succeeded"),
+        scheduled: Vec::new(),
     })
 }

@@ -134,6 +134,38 @@ pub fn report(
     );
     let _ = writeln!(
         s,
+        "## The first of the month: the scheduler\n\n\
+         {} subscriptions falling due at the same moment on the billing run's mandates, charged by\n\
+         the scheduler of a fresh `serve` (its background worker, `WORKER_INTERVAL_SECS=1`) while\n\
+         the simulator answers every call after {} ms. The simulator's limit is the scheduler's\n\
+         concurrency ÷ latency. Transactions are Postgres commits in the whole run per charge (a\n\
+         statement outside a transaction is one): the claim, the charge, Moment's answer, the three\n\
+         webhooks Moment sends for it, and the settlement. CPU is milliseconds per charge.\n\n\
+         | concurrency | charges/s | ratio to the simulator's limit | all sent (s) | all settled (s) | transactions per charge | service CPU (ms) | Postgres CPU (ms) | simulator CPU (ms) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        m.scheduled.first().map_or(0, |b| b.charges),
+        LATENCY_MS
+    );
+    for b in &m.scheduled {
+        let limit = b.concurrency as f64 * 1000.0 / LATENCY_MS as f64;
+        let per = |x: f64| 1000.0 * x / b.charges as f64;
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | **{:.2}** | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
+            b.concurrency,
+            b.per_sec(),
+            b.per_sec() / limit,
+            b.sent_secs,
+            b.settled_secs,
+            b.xacts_per_charge,
+            per(b.cpu.service),
+            per(b.cpu.postgres),
+            per(b.cpu.sim)
+        );
+    }
+    s.push('\n');
+    let _ = writeln!(
+        s,
         "## Where the CPU went\n\n\
          Cores busy on average during each run (CPU seconds ÷ wall seconds, from `/proc`), out\n\
          of the machine's {}.\n\n\

@@ -24,10 +24,10 @@ use crate::moment::signature::{SignedHeaders, Verifier, WebhookSecret};
 const RECENT: usize = 20;
 
 pub struct Demo {
-    service_url: String,
+    pub(super) service_url: String,
     api_key: String,
     demo_url: String,
-    http: reqwest::Client,
+    pub(super) http: reqwest::Client,
     /// Verifies the service's webhooks with the endpoint's secret.
     verifier: Verifier,
     /// What the webhooks said: each resource's latest state, and the latest events.
@@ -65,14 +65,27 @@ impl Demo {
         }))
     }
 
+    /// The resources of `kind` the webhooks told of whose `field` is `value`, newest first.
+    pub(super) fn latest_where(&self, field: &str, value: &str) -> Vec<Value> {
+        let seen = self.seen.lock().expect("not poisoned");
+        let mut out: Vec<Value> = seen
+            .latest
+            .values()
+            .filter(|(_, v)| v[field].as_str() == Some(value))
+            .map(|(_, v)| v.clone())
+            .collect();
+        out.sort_by(|a, b| b["id"].as_str().cmp(&a["id"].as_str()));
+        out
+    }
+
     /// The resource as the latest webhook showed it, if one came.
-    fn latest(&self, id: &str) -> Option<Value> {
+    pub(super) fn latest(&self, id: &str) -> Option<Value> {
         let seen = self.seen.lock().expect("not poisoned");
         seen.latest.get(id).map(|(_, v)| v.clone())
     }
 
     /// The latest events, as a list for a page.
-    fn recent_html(&self) -> String {
+    pub(super) fn recent_html(&self) -> String {
         let seen = self.seen.lock().expect("not poisoned");
         let items: String = seen
             .recent
@@ -83,7 +96,7 @@ impl Demo {
     }
 
     /// Calls the service; `Err` is a message for the page.
-    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, String> {
+    pub(super) async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, String> {
         let resp = req
             .bearer_auth(&self.api_key)
             .header("accept", "application/json")
@@ -114,10 +127,13 @@ pub fn router(demo: Arc<Demo>) -> Router {
         .route("/charge", post(charge))
         .route("/charges/{id}", get(charge_page))
         .route("/webhooks", post(webhook))
+        .route("/bill", post(super::billing::start))
+        .route("/subscriptions/{id}", get(super::billing::show))
+        .route("/next-month", post(super::billing::next_month))
         .with_state(demo)
 }
 
-fn page(title: &str, body: &str, refresh: bool) -> Html<String> {
+pub(super) fn page(title: &str, body: &str, refresh: bool) -> Html<String> {
     let refresh = if refresh {
         "<meta http-equiv=\"refresh\" content=\"1\">"
     } else {
@@ -134,7 +150,7 @@ button{{margin-top:1rem;padding:.6rem 1.2rem;font-size:1rem}}.error{{color:#b000
     ))
 }
 
-fn error_page(message: &str) -> Response {
+pub(super) fn error_page(message: &str) -> Response {
     (
         StatusCode::BAD_GATEWAY,
         page(
@@ -278,9 +294,12 @@ async fn returned(State(demo): State<Arc<Demo>>, Query(q): Query<Returned>) -> R
         format!(
             "{ledger}<form method=\"post\" action=\"/charge\"><input type=\"hidden\" name=\"mandate_id\" value=\"{}\">\
 <label for=\"charge-amount\">Amount (cents)</label><input id=\"charge-amount\" name=\"amount\" value=\"{amount}\">\
-<button id=\"charge\" type=\"submit\">Charge {}</button></form>",
+<button id=\"charge\" type=\"submit\">Charge {}</button></form>\
+<form method=\"post\" action=\"/bill\"><input type=\"hidden\" name=\"mandate_id\" value=\"{}\">\
+<button id=\"bill\" type=\"submit\">Bill me monthly from tomorrow</button></form>",
             esc(&id),
-            esc(&money(amount, currency))
+            esc(&money(amount, currency)),
+            esc(&id)
         )
     } else if status == "pending" {
         "<p>Waiting for Moment to confirm the checkout…</p>".to_owned()

@@ -2,6 +2,7 @@
 //! process, wired together with fresh secrets on the local Postgres. The tests start the same
 //! thing on port 0.
 
+mod billing;
 mod demo;
 
 use std::net::SocketAddr;
@@ -258,6 +259,13 @@ Or by hand:
 4. Follow it:
    curl -s {svc}/charges/<charge id> -H 'Authorization: Bearer {key}'
    curl -s {sim}/_sim/webhooks      (every webhook the simulator sent, with its answers)
+
+5. Bill it monthly, then fast-forward the test clock the service and the simulator share:
+   curl -s {svc}/subscriptions -H 'Authorization: Bearer {key}' \
+     -H 'Content-Type: application/json' -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" \
+     -d '{{"mandate_id": "<mandate id>", "amount": 5000, "interval": {{"unit": "month", "count": 1}}}}'
+   curl -s {svc}/test-clock/advance -H 'Authorization: Bearer {key}' \
+     -H 'Content-Type: application/json' -d '{{"days": 31}}'
 "#
         )
     }

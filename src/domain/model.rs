@@ -81,6 +81,9 @@ pub struct Charge {
     pub lease_token: Option<Uuid>,
     /// Sends to Moment begun, counted before each call.
     pub sends: i32,
+    /// For a scheduled charge: its subscription and period.
+    pub subscription_id: Option<Uuid>,
+    pub period: Option<i32>,
 }
 
 impl Charge {

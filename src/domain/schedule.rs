@@ -459,7 +459,8 @@ mod tests {
             ..monthly(31, date!(2026 - 01 - 15))
         };
         assert_eq!(ok.check(), Ok(()));
-        let breaks: [(fn(&mut Schedule), &str); 7] = [
+        type Break = (fn(&mut Schedule), &'static str);
+        let breaks: [Break; 7] = [
             (|s| s.every = 0, "interval"),
             (|s| s.anchor = Anchor::DayOfMonth(32), "day of the month"),
             (|s| s.anchor = Anchor::None, "anchor"),

@@ -458,7 +458,11 @@ impl Sim {
                 }
                 if let Some(terms) = &method.terms {
                     // Only terms that count payments need them counted.
-                    let payments = if terms.counts() { &method.payments[..] } else { &[] };
+                    let payments = if terms.counts() {
+                        &method.payments[..]
+                    } else {
+                        &[]
+                    };
                     let counted: Vec<Counted> = payments
                         .iter()
                         .filter(|(_, _, session)| {

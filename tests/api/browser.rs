@@ -205,5 +205,45 @@ async fn a_customer_subscribes_in_a_real_browser_and_is_charged() {
         (status.as_str(), mandate.as_str()),
         ("succeeded", mandate_id.as_str())
     );
+
+    // Bill the mandate monthly from tomorrow, then fast-forward two months: two charges.
+    client
+        .find(Locator::Id("back"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .at_most(wait)
+        .for_element(Locator::Id("bill"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "subscription-status", "active").await;
+    for months in 1..=2 {
+        client
+            .wait()
+            .at_most(wait)
+            .for_element(Locator::Id("next-month"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for_text(&client, "charge-count", &months.to_string()).await;
+    }
+    let statuses: Vec<String> = sqlx::query_scalar(
+        "select status from charge where subscription_id is not null order by period",
+    )
+    .fetch_all(&stack.db)
+    .await
+    .unwrap();
+    assert_eq!(statuses, ["succeeded", "succeeded"]);
+    let page = client.source().await.unwrap();
+    assert_eq!(page.matches("class=\"charge\"").count(), 2, "{page}");
     client.close().await.unwrap();
 }

@@ -55,6 +55,29 @@ async fn advance(stack: &Stack, days: u32) -> Value {
     r.body
 }
 
+async fn advance_to(stack: &Stack, to: OffsetDateTime) -> Value {
+    let to = to
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let r = stack
+        .post(
+            "/test-clock/advance",
+            &json!({"to": to}),
+            &format!("advance-{}", uuid::Uuid::new_v4()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+fn instant(v: &Value) -> OffsetDateTime {
+    OffsetDateTime::parse(
+        v.as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+}
+
 /// The subscription's charges: (period, attempt, status, billed_at), in order.
 async fn charges_of(stack: &Stack, sub: &Value) -> Vec<(i32, i32, String, OffsetDateTime)> {
     let id: uuid::Uuid = sub["id"].as_str().unwrap().parse().unwrap();
@@ -89,18 +112,11 @@ async fn a_monthly_subscription_on_the_31st_is_charged_once_a_month_on_the_last_
     .await;
     assert_eq!(sub["schedule"]["day_of_month"], 31);
     assert_eq!(sub["preview"].as_array().unwrap().len(), 12);
-    let start = sast(OffsetDateTime::now_utc());
+    let from = OffsetDateTime::now_utc();
     let ran = advance(&stack, 100).await;
     let charges = charges_of(&stack, &sub).await;
-    // Independently: the last day of each month from the start on, up to 100 days later.
-    let mut expected = Vec::new();
-    let mut d = start;
-    while d <= start + Duration::days(100) {
-        if d.next_day().unwrap().month() != d.month() {
-            expected.push(d);
-        }
-        d = d.next_day().unwrap();
-    }
+    // Independently: the last day of each month from now on, up to 100 days later.
+    let expected = days_billed(from, instant(&ran["now"]), last_of_month);
     let got: Vec<Date> = charges.iter().map(|c| sast(c.3)).collect();
     assert_eq!(got, expected, "{ran}");
     assert!(charges.iter().all(|c| c.2 == "succeeded" && c.1 == 0));
@@ -168,7 +184,9 @@ async fn show(stack: &Stack, sub: &Value) -> Value {
 async fn insufficient_funds_is_retried_on_the_dunning_schedule_and_a_success_ends_it() {
     let stack = start_stack(|_| {}).await;
     let sub = monthly_from_tomorrow(&stack, "s", BROKE).await;
-    advance(&stack, 2).await;
+    let first = instant(&sub["next_charge_at"]);
+    let minute = Duration::minutes(1);
+    advance_to(&stack, first + minute).await;
     let after_one = show(&stack, &sub).await;
     assert_eq!(after_one["status"], "past_due", "{after_one}");
     assert_eq!(after_one["dunning"]["failures"], 1);
@@ -182,11 +200,10 @@ async fn insufficient_funds_is_retried_on_the_dunning_schedule_and_a_success_end
         .fetch_one(&stack.db)
         .await
         .unwrap();
-    assert_eq!(show(&stack, &sub).await["dunning"]["failures"], 1);
-    advance(&stack, 1).await;
+    advance_to(&stack, first + Duration::days(1) + minute).await;
     assert_eq!(show(&stack, &sub).await["dunning"]["failures"], 2);
     assert!(stack.sim().fund(&pm));
-    advance(&stack, 3).await;
+    advance_to(&stack, first + Duration::days(3) + minute).await;
     let healed = show(&stack, &sub).await;
     assert_eq!(healed["status"], "active", "{healed}");
     assert!(healed["dunning"].is_null());
@@ -197,7 +214,7 @@ async fn insufficient_funds_is_retried_on_the_dunning_schedule_and_a_success_end
         [(0, 0, "failed"), (0, 1, "failed"), (0, 2, "succeeded")]
     );
     // Retries one and three days after the first failure; the anchor stays.
-    assert_eq!(charges[1].3 - charges[0].3 >= Duration::days(1), true);
+    assert!(charges[1].3 - charges[0].3 >= Duration::days(1));
     assert!((charges[1].3 - charges[0].3) < Duration::days(1) + Duration::minutes(1));
     assert!((charges[2].3 - charges[0].3) < Duration::days(3) + Duration::minutes(1));
     let next: OffsetDateTime = time::OffsetDateTime::parse(
@@ -380,12 +397,21 @@ async fn pause_resume_and_cancel_move_the_schedule_without_moving_its_anchor() {
     }
 }
 
-/// Every day from `start` whose 09:00 in Johannesburg is at or before `end` and that `bills`.
-fn days_billed(start: Date, end: OffsetDateTime, bills: impl Fn(Date) -> bool) -> Vec<Date> {
+/// Every day whose 09:00 in Johannesburg is from `from` to `end` and that `bills`.
+fn days_billed(
+    from: OffsetDateTime,
+    end: OffsetDateTime,
+    bills: impl Fn(Date) -> bool,
+) -> Vec<Date> {
+    let nine = |d: Date| {
+        d.with_hms(9, 0, 0)
+            .unwrap()
+            .assume_offset(time::macros::offset!(+2))
+    };
     let mut out = Vec::new();
-    let mut d = start;
-    while d.with_hms(9, 0, 0).unwrap().assume_offset(time::macros::offset!(+2)) <= end {
-        if bills(d) {
+    let mut d = sast(from);
+    while nine(d) <= end {
+        if nine(d) >= from && bills(d) {
             out.push(d);
         }
         d = d.next_day().unwrap();
@@ -409,11 +435,22 @@ async fn a_thousand_subscriptions_are_billed_for_two_years_each_charge_on_its_da
     })
     .await;
     // The demo shop's endpoint would receive some 80,000 events: not what this test is about.
-    sqlx::query("delete from webhook_endpoint").execute(&stack.db).await.unwrap();
+    sqlx::query("delete from webhook_endpoint")
+        .execute(&stack.db)
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let mandates: Vec<Value> = futures::future::join_all((0..10).map(|i| {
         let stack = &stack;
-        async move { mandate(stack, &format!("m{i}"), CARD, json!({"amount": {"max": 100000}})).await }
+        async move {
+            mandate(
+                stack,
+                &format!("m{i}"),
+                CARD,
+                json!({"amount": {"max": 100000}}),
+            )
+            .await
+        }
     }))
     .await;
     let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
@@ -423,19 +460,26 @@ async fn a_thousand_subscriptions_are_billed_for_two_years_each_charge_on_its_da
     let plans: Vec<(String, Value)> = (0..1000)
         .map(|i| {
             let m = &mandates[i % 10]["id"];
-            let monthly = |day: i32| json!({"mandate_id": m, "amount": 1000,
+            let monthly = |day: i32| {
+                json!({"mandate_id": m, "amount": 1000,
                 "interval": {"unit": "month", "count": 1}, "day_of_month": day,
-                "start_date": tomorrow.to_string()});
-            let yearly = |start: &str| json!({"mandate_id": m, "amount": 1000,
-                "interval": {"unit": "year", "count": 1}, "start_date": start});
+                "start_date": tomorrow.to_string()})
+            };
+            let yearly = |start: &str| {
+                json!({"mandate_id": m, "amount": 1000,
+                "interval": {"unit": "year", "count": 1}, "start_date": start})
+            };
             match i % 50 {
                 0..=5 => ("month31".into(), monthly(31)),
                 6..=9 => ("last".into(), monthly(-1)),
                 10 => {
                     let w = if i % 100 == 10 { "mon" } else { "thu" };
-                    (format!("week-{w}"), json!({"mandate_id": m, "amount": 1000,
+                    (
+                        format!("week-{w}"),
+                        json!({"mandate_id": m, "amount": 1000,
                         "interval": {"unit": "week", "count": 1}, "weekday": w,
-                        "start_date": tomorrow.to_string()}))
+                        "start_date": tomorrow.to_string()}),
+                    )
                 }
                 11..=30 => ("year".into(), yearly(&tomorrow.to_string())),
                 _ => ("feb29".into(), yearly("2028-02-29")),
@@ -452,17 +496,15 @@ async fn a_thousand_subscriptions_are_billed_for_two_years_each_charge_on_its_da
         .await;
         subs.extend(made);
     }
+    // Two years, in steps that each answer well within the request timeout.
+    let from = OffsetDateTime::now_utc();
     let mut ran = Value::Null;
+    let mut steps = 0;
     for _ in 0..17 {
-        let t = std::time::Instant::now();
         ran = advance(&stack, 43).await;
-        eprintln!("43 days: {ran} in {:.1} s", t.elapsed().as_secs_f64());
+        steps += ran["steps"].as_u64().unwrap();
     }
-    let end = OffsetDateTime::parse(
-        ran["now"].as_str().unwrap(),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap();
+    let end = instant(&ran["now"]);
     let rows: Vec<(uuid::Uuid, String, OffsetDateTime)> = sqlx::query(
         "select subscription_id, status, billed_at from charge where subscription_id is not null
          order by billed_at",
@@ -481,18 +523,18 @@ async fn a_thousand_subscriptions_are_billed_for_two_years_each_charge_on_its_da
     for (kind, sub) in &subs {
         let id: uuid::Uuid = sub["id"].as_str().unwrap().parse().unwrap();
         let expected = match kind.as_str() {
-            "month31" | "last" => days_billed(tomorrow, end, last_of_month),
-            "year" => days_billed(tomorrow, end, |d| {
+            "month31" | "last" => days_billed(from, end, last_of_month),
+            "year" => days_billed(from, end, |d| {
                 d.month() == tomorrow.month() && d.day() == tomorrow.day()
             }),
-            "feb29" => days_billed(tomorrow, end, |d| {
+            "feb29" => days_billed(from, end, |d| {
                 d >= time::macros::date!(2028 - 02 - 29)
                     && d.month() == time::Month::February
                     && (d.day() == 29 || (d.day() == 28 && !leap(d.year())))
             }),
             week => {
                 let w = week.trim_start_matches("week-");
-                days_billed(tomorrow, end, |d| {
+                days_billed(from, end, |d| {
                     weekdays[d.weekday().number_days_from_monday() as usize] == w
                 })
             }
@@ -505,7 +547,174 @@ async fn a_thousand_subscriptions_are_billed_for_two_years_each_charge_on_its_da
     eprintln!(
         "1,000 subscriptions, two years: {} charges in {} steps, {:.1} s",
         rows.len(),
-        ran["steps"],
+        steps,
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// A second replica of the service on the same database, simulator and test clock: its own
+/// pool (so that cutting it short harms no connection of the service's).
+async fn replica(stack: &Stack) -> moment_mandates::state::AppState {
+    let mut config = moment_mandates::config::Config::local(
+        &stack.test_db.url,
+        &stack.dev.service_url,
+        &stack.dev.sim_url,
+        &stack.dev.moment_secret_key,
+        vec![
+            moment_mandates::moment::signature::WebhookSecret::parse(&stack.dev.webhook_secret)
+                .unwrap(),
+        ],
+        &[&stack.dev.api_key],
+    );
+    config.clock = stack.dev.clock.clone();
+    config.moment_timeout = std::time::Duration::from_secs(2);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .connect(&stack.test_db.url)
+        .await
+        .unwrap();
+    moment_mandates::state::AppState::new(&mut config, pool).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_period_is_charged_once_under_two_replicas_and_a_replica_dying_mid_run() {
+    let stack = start_stack(|o| o.worker_interval = std::time::Duration::from_secs(3600)).await;
+    let plain = mandate(&stack, "plain", CARD, json!({"amount": {"max": 9900}})).await;
+    let counted = mandate(
+        &stack,
+        "counted",
+        CARD,
+        json!({"amount": {"max": 9900}, "period_limits": {"period": "month", "max_count": 100}}),
+    )
+    .await;
+    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
+    let mut subs = Vec::new();
+    for i in 0..40 {
+        let m = if i % 2 == 0 { &plain } else { &counted };
+        subs.push(
+            subscribe(
+                &stack,
+                &format!("s{i}"),
+                json!({"mandate_id": m["id"], "amount": 1000,
+                       "interval": {"unit": "month", "count": 1},
+                       "start_date": tomorrow.to_string()}),
+            )
+            .await,
+        );
+    }
+    // Replica B starts the first period's run with Moment slow, and dies half-way: charges
+    // recorded and sent, subscriptions not yet moved on, leases held.
+    stack
+        .sim()
+        .set_faults(moment_mandates::sim::Faults {
+            latency_ms: 300,
+            ..Default::default()
+        })
+        .unwrap();
+    let due = tomorrow
+        .with_hms(9, 0, 1)
+        .unwrap()
+        .assume_offset(time::macros::offset!(+2));
+    stack.dev.clock.advance_to(due);
+    let b = replica(&stack).await;
+    let dying = b.clone();
+    let run = tokio::spawn(async move {
+        moment_mandates::workflow::scheduler::run_once(&dying, std::time::Duration::from_secs(30))
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    run.abort();
+    b.db.close().await;
+    let made: i64 = sqlx::query_scalar("select count(*) from charge")
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert!(made > 0, "the replica died before making any charge");
+    stack.sim().set_faults(Default::default()).unwrap();
+    // Its leases run out; then the service and a fresh replica B run side by side for two
+    // months of periods.
+    sqlx::query("update subscription set locked_until = now() - interval '1 second'")
+        .execute(&stack.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "update charge set locked_until = now() - interval '1 second' where status = 'pending'",
+    )
+    .execute(&stack.db)
+    .await
+    .unwrap();
+    let b = replica(&stack).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let side = {
+        let (b, stop) = (b.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                moment_mandates::workflow::scheduler::run_once(
+                    &b,
+                    std::time::Duration::from_secs(30),
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+    };
+    advance(&stack, 62).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    side.await.unwrap();
+    // Every subscription: periods 0, 1 (and 2, in a month of 31 days or fewer after the
+    // first), each charged once, each once at Moment.
+    let mut total = 0;
+    for sub in &subs {
+        let charges = charges_of(&stack, sub).await;
+        let periods: Vec<i32> = charges.iter().map(|c| c.0).collect();
+        assert!(
+            periods.len() >= 2 && periods.iter().enumerate().all(|(i, p)| *p == i as i32),
+            "{periods:?}"
+        );
+        assert!(
+            charges.iter().all(|c| c.1 == 0 && c.2 == "succeeded"),
+            "{charges:?}"
+        );
+        total += charges.len();
+    }
+    let at_moment = stack.sessions_by_reference("next_in_series");
+    assert_eq!(at_moment.len(), total, "one Moment session per charge");
+    assert!(at_moment.values().all(|n| *n == 1), "{at_moment:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yearly_subscription_on_29_february_is_charged_on_the_28th_in_common_years() {
+    let stack = start_stack(|_| {}).await;
+    let m = mandate(&stack, "m", CARD, json!({"amount": {"max": 9900}})).await;
+    let sub = subscribe(
+        &stack,
+        "s",
+        json!({"mandate_id": m["id"], "amount": 5000, "interval": {"unit": "year", "count": 1},
+               "start_date": "2028-02-29"}),
+    )
+    .await;
+    assert_eq!(
+        (
+            sub["schedule"]["month"].clone(),
+            sub["schedule"]["day"].clone()
+        ),
+        (json!(2), json!(29))
+    );
+    advance_to(&stack, time::macros::datetime!(2032-03-01 00:00 +2)).await;
+    let days: Vec<String> = charges_of(&stack, &sub)
+        .await
+        .iter()
+        .map(|c| sast(c.3).to_string())
+        .collect();
+    assert_eq!(
+        days,
+        [
+            "2028-02-29",
+            "2029-02-28",
+            "2030-02-28",
+            "2031-02-28",
+            "2032-02-29"
+        ]
     );
 }

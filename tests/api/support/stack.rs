@@ -17,7 +17,7 @@ pub struct Stack {
     pub dev: Dev,
     pub db: PgPool,
     pub http: reqwest::Client,
-    _test_db: TestDb,
+    pub test_db: TestDb,
 }
 
 /// Service, simulator and demo shop on port 0, on a fresh database, with short delays.
@@ -44,7 +44,7 @@ pub async fn start_stack(tweak: impl FnOnce(&mut DevOptions)) -> Stack {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap(),
-        _test_db: test_db,
+        test_db,
     }
 }
 

@@ -1,0 +1,157 @@
+//! The first of the month: many subscriptions due at the same moment, charged by the
+//! scheduler of `serve` (its background worker) against the simulator answering after
+//! `LATENCY_MS`, at a given `SCHEDULER_CONCURRENCY`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use sqlx::PgPool;
+
+use crate::proc_stats::Cpu;
+use crate::process::{spawn, stop};
+
+/// What one level of concurrency came to.
+pub struct Billed {
+    pub concurrency: usize,
+    pub charges: usize,
+    /// From the moment they fell due to the last one accepted by Moment, and to the last one
+    /// settled by its webhook.
+    pub sent_secs: f64,
+    pub settled_secs: f64,
+    /// Database transactions committed per charge (each statement outside a transaction is
+    /// one), in the whole run: claims, charges, Moment's answers, webhooks and settlements.
+    pub xacts_per_charge: f64,
+    pub cpu: Cpu,
+}
+
+impl Billed {
+    pub fn per_sec(&self) -> f64 {
+        self.charges as f64 / self.sent_secs
+    }
+}
+
+/// How the service is started (the same as the other runs), and where.
+pub struct Service<'a> {
+    pub command: &'a dyn Fn() -> Command,
+    pub log: std::path::PathBuf,
+    pub ready_url: String,
+    pub sim_pid: u32,
+}
+
+async fn xacts(db: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "select xact_commit from pg_stat_database where datname = current_database()",
+    )
+    .fetch_one(db)
+    .await?)
+}
+
+/// Starts a service with `concurrency`, makes `n` subscriptions due now on the active
+/// mandates, and measures until every charge is settled.
+pub async fn first_of_the_month(
+    db: &PgPool,
+    http: &reqwest::Client,
+    service: &Service<'_>,
+    concurrency: usize,
+    n: usize,
+) -> anyhow::Result<Billed> {
+    let mut cmd = (service.command)();
+    cmd.env("SCHEDULER_CONCURRENCY", concurrency.to_string())
+        .env("WORKER_INTERVAL_SECS", "1");
+    let mut child = spawn(&service.log, &mut cmd)?;
+    let result = measure(db, http, service, child.id(), concurrency, n).await;
+    stop(&mut child);
+    result
+}
+
+async fn measure(
+    db: &PgPool,
+    http: &reqwest::Client,
+    service: &Service<'_>,
+    pid: u32,
+    concurrency: usize,
+    n: usize,
+) -> anyhow::Result<Billed> {
+    for _ in 0..200 {
+        if http
+            .get(&service.ready_url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sqlx::query("update subscription set status = 'cancelled' where status = 'active'")
+        .execute(db)
+        .await?;
+    let before_charges: i64 =
+        sqlx::query_scalar("select count(*) from charge where subscription_id is not null")
+            .fetch_one(db)
+            .await?;
+    let mandates: i64 = sqlx::query_scalar(
+        "select count(*) from mandate where status = 'active' and payment_method_id is not null",
+    )
+    .fetch_one(db)
+    .await?;
+    if mandates == 0 {
+        bail!("no active mandate to subscribe");
+    }
+    let per_mandate = (n as i64 + mandates - 1) / mandates;
+    let schedule = serde_json::json!({
+        "unit": "month", "every": 1, "day_of_month": 1, "start_date": "2026-01-01",
+        "charge_time": "09:00", "time_zone": "Africa/Johannesburg", "utc_offset": "+02:00"
+    });
+    let xacts_before = xacts(db).await?;
+    let cpu_before = Cpu::now(pid, service.sim_pid);
+    let started = Instant::now();
+    // Due now, all of them: the first of the month.
+    sqlx::query(
+        "insert into subscription (id, mandate_id, amount, currency, schedule, request_hash,
+                                   next_period, next_charge_at, notified_period)
+         select gen_random_uuid(), m.id, 100, m.currency, $1, 'bench', 0, now(), 0
+         from mandate m cross join generate_series(1, $2)
+         where m.status = 'active' and m.payment_method_id is not null
+         limit $3",
+    )
+    .bind(&schedule)
+    .bind(per_mandate)
+    .bind(n as i64)
+    .execute(db)
+    .await?;
+    let count = |statuses: &'static str| {
+        let q = format!(
+            "select count(*) from charge where subscription_id is not null and status in ({statuses})"
+        );
+        async move { sqlx::query_scalar::<_, i64>(&q).fetch_one(db).await }
+    };
+    let deadline = started + Duration::from_secs(600);
+    let mut sent_secs = None;
+    loop {
+        let sent = count("'processing', 'succeeded', 'failed'").await? - before_charges;
+        if sent_secs.is_none() && sent >= n as i64 {
+            sent_secs = Some(started.elapsed().as_secs_f64());
+        }
+        let settled = count("'succeeded', 'failed'").await? - before_charges;
+        if settled >= n as i64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{settled} of {n} scheduled charges settled in 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settled_secs = started.elapsed().as_secs_f64();
+    let cpu = Cpu::now(pid, service.sim_pid).since(cpu_before);
+    let xacts_after = xacts(db).await?;
+    Ok(Billed {
+        concurrency,
+        charges: n,
+        sent_secs: sent_secs.unwrap_or(settled_secs),
+        settled_secs,
+        xacts_per_charge: (xacts_after - xacts_before) as f64 / n as f64,
+        cpu,
+    })
+}
