@@ -171,6 +171,32 @@ pub fn optional_whole_number<'de, D: serde::Deserializer<'de>>(
     Ok(Option::<Whole>::deserialize(d)?.map(|w| w.0))
 }
 
+/// `whole_number` into a narrower integer (`5.0` is `5`; out of range is refused).
+pub fn small_whole<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::Error;
+    let n = whole_number(d)?;
+    T::try_from(n).map_err(|_| D::Error::custom(format!("{n} is out of range")))
+}
+
+/// `small_whole` for an optional field (with `#[serde(default)]`).
+pub fn optional_small_whole<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::Error;
+    match optional_whole_number(d)? {
+        None => Ok(None),
+        Some(n) => T::try_from(n)
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("{n} is out of range"))),
+    }
+}
+
 /// Text that Postgres can store: no NUL character.
 pub fn check_text(field: &str, text: &str) -> Result<(), ApiError> {
     if text.contains('\0') {

@@ -33,6 +33,7 @@ pub struct Interval {
     /// `day`, `week`, `month` or `year`.
     #[schema(value_type = String, pattern = "^(day|week|month|year)$")]
     pub unit: Unit,
+    #[serde(deserialize_with = "super::small_whole")]
     #[schema(minimum = 1, maximum = 1000)]
     pub count: u32,
 }
@@ -56,6 +57,7 @@ pub struct CreateSubscription {
     pub interval: Option<Interval>,
     /// Monthly: 1 to 31 (29 to 31 are the last day of shorter months) or -1 for the last
     /// day; the start date's day when absent.
+    #[serde(default, deserialize_with = "super::optional_small_whole")]
     #[schema(minimum = -1, maximum = 31)]
     pub day_of_month: Option<i8>,
     /// Weekly: `mon` … `sun`; the start date's weekday when absent.
@@ -71,7 +73,8 @@ pub struct CreateSubscription {
     #[schema(value_type = Option<String>, format = Date)]
     pub end_date: Option<Date>,
     /// At most this many periods.
-    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::optional_small_whole")]
+    #[schema(minimum = 1, maximum = 4294967295i64)]
     pub count: Option<u32>,
     /// Local time of each charge, `HH:MM` (`BILLING_CHARGE_TIME` when absent).
     #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
@@ -310,6 +313,7 @@ pub struct Cancel {
         (status = 404, description = "No such subscription", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The subscription is already cancelled or finished", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown or invalid field (see `field`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn cancel(
@@ -367,6 +371,7 @@ pub struct Advance {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub to: Option<OffsetDateTime>,
     /// Days forward (when `to` is absent), 1 to 3660.
+    #[serde(default, deserialize_with = "super::optional_small_whole")]
     #[schema(minimum = 1, maximum = 3660)]
     pub days: Option<u32>,
 }

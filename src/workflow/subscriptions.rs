@@ -337,6 +337,9 @@ pub async fn pause(
     id: Uuid,
     resume_at: Option<OffsetDateTime>,
 ) -> Result<Subscription, ApiError> {
+    store::by_id(&state.db, id)
+        .await?
+        .ok_or(ApiError::NotFound("subscription"))?;
     if resume_at.is_some_and(|t| t <= state.clock.now()) {
         return Err(ApiError::invalid("resume_at", "must be in the future"));
     }
