@@ -39,6 +39,9 @@ pub struct Service<'a> {
     pub sim_pid: u32,
 }
 
+/// Longer than Postgres waits before an idle backend flushes its statistics.
+const FLUSH: Duration = Duration::from_secs(11);
+
 async fn xacts(db: &PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(
         "select xact_commit from pg_stat_database where datname = current_database()",
@@ -104,6 +107,9 @@ async fn measure(
         "unit": "month", "every": 1, "day_of_month": 1, "start_date": "2026-01-01",
         "charge_time": "09:00", "time_zone": "Africa/Johannesburg", "utc_offset": "+02:00"
     });
+    // Postgres counts a backend's commits when it flushes its statistics: at once while busy,
+    // within 10 s once idle. Read only when every backend has flushed.
+    tokio::time::sleep(FLUSH).await;
     let xacts_before = xacts(db).await?;
     let cpu_before = Cpu::now(pid, service.sim_pid);
     let started = Instant::now();
@@ -145,6 +151,7 @@ async fn measure(
     }
     let settled_secs = started.elapsed().as_secs_f64();
     let cpu = Cpu::now(pid, service.sim_pid).since(cpu_before);
+    tokio::time::sleep(FLUSH).await;
     let xacts_after = xacts(db).await?;
     Ok(Billed {
         concurrency,

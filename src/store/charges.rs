@@ -360,6 +360,127 @@ pub async fn usage(
     .await
 }
 
+/// One scheduled charge to record: its id, its subscription's period and its key, the lease
+/// token it is sent under.
+pub struct Scheduled {
+    pub id: Uuid,
+    pub subscription_id: Uuid,
+    pub period: i32,
+    pub idempotency_key: String,
+    pub lease_token: Uuid,
+}
+
+/// Records a batch of scheduled charges (the first attempt of each period) in one statement,
+/// each holding its send lease with its first send counted, with the same checks as `insert`:
+/// the mandate active, with both Moment ids, in the subscription's currency. A charge whose
+/// key is taken, or whose mandate does not qualify, is left out of the answer; the caller
+/// makes those one at a time.
+pub async fn insert_scheduled(
+    conn: impl PgExecutor<'_>,
+    batch: &[Scheduled],
+    lease_secs: f64,
+    billed_at: time::OffsetDateTime,
+) -> sqlx::Result<Vec<Charge>> {
+    let ids: Vec<Uuid> = batch.iter().map(|c| c.id).collect();
+    let subs: Vec<Uuid> = batch.iter().map(|c| c.subscription_id).collect();
+    let periods: Vec<i32> = batch.iter().map(|c| c.period).collect();
+    let keys: Vec<&str> = batch.iter().map(|c| c.idempotency_key.as_str()).collect();
+    let tokens: Vec<Uuid> = batch.iter().map(|c| c.lease_token).collect();
+    sqlx::query_as(
+        "insert into charge (id, mandate_id, amount, currency, reference, metadata, customer_id,
+                             payment_method_id, idempotency_key, request_hash, locked_until,
+                             lease_token, billed_at, subscription_id, period, attempt, sends)
+         select b.id, m.id, s.amount, m.currency, s.reference, s.metadata, m.customer_id,
+                m.payment_method_id, b.key, b.key, now() + make_interval(secs => $6), b.token,
+                $7, s.id, b.period, 0, 1
+         from unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::uuid[])
+                  as b(id, sub, period, key, token)
+         join subscription s on s.id = b.sub
+         join mandate m on m.id = s.mandate_id
+         where m.status = 'active' and m.customer_id is not null
+           and m.payment_method_id is not null and m.currency = s.currency
+         on conflict (idempotency_key) do nothing
+         returning *",
+    )
+    .bind(&ids)
+    .bind(&subs)
+    .bind(&periods)
+    .bind(&keys)
+    .bind(&tokens)
+    .bind(lease_secs)
+    .bind(billed_at)
+    .fetch_all(conn)
+    .await
+}
+
+/// A session Moment created for a scheduled charge, and where its subscription goes next.
+pub struct Accepted<'a> {
+    pub charge_id: Uuid,
+    pub lease_token: Uuid,
+    pub session: &'a Session,
+    pub subscription_id: Uuid,
+    pub subscription_token: Uuid,
+    pub next_period: i32,
+    pub next_charge_at: Option<time::OffsetDateTime>,
+}
+
+/// Records a batch of Moment's sessions for scheduled charges and moves their subscriptions
+/// on, in one statement: each charge `processing` (by its lease's holder only, as
+/// `record_session`), and each subscription with its charge in flight and its next period,
+/// by its own lease's holder. Returns the charges recorded, with whether a webhook for their
+/// session waits to be applied.
+pub async fn record_scheduled(
+    conn: impl PgExecutor<'_>,
+    batch: &[Accepted<'_>],
+) -> sqlx::Result<Vec<(Uuid, String, bool)>> {
+    let ids: Vec<Uuid> = batch.iter().map(|a| a.charge_id).collect();
+    let tokens: Vec<Uuid> = batch.iter().map(|a| a.lease_token).collect();
+    let sessions: Vec<&str> = batch.iter().map(|a| a.session.id.as_str()).collect();
+    let payments: Vec<Option<&str>> = batch
+        .iter()
+        .map(|a| a.session.payment_id.as_deref())
+        .collect();
+    let subs: Vec<Uuid> = batch.iter().map(|a| a.subscription_id).collect();
+    let sub_tokens: Vec<Uuid> = batch.iter().map(|a| a.subscription_token).collect();
+    let next: Vec<i32> = batch.iter().map(|a| a.next_period).collect();
+    let next_at: Vec<Option<time::OffsetDateTime>> =
+        batch.iter().map(|a| a.next_charge_at).collect();
+    sqlx::query_as(
+        "with b as (
+             select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[],
+                                  $6::uuid[], $7::int[], $8::timestamptz[])
+                 as b(id, token, session_id, payment_id, sub, sub_token, next_period, next_at)),
+         c as (
+             update charge set session_id = b.session_id,
+                    payment_id = coalesce(charge.payment_id, b.payment_id),
+                    status = case when charge.status in ('pending', 'needs_review') then 'processing'
+                                  else charge.status end,
+                    attempts = attempts + 1, locked_until = null, lease_token = null,
+                    next_attempt_at = null, updated_at = now()
+             from b where charge.id = b.id and charge.lease_token = b.token
+             returning charge.id, charge.session_id),
+         s as (
+             update subscription set open_charge_id = b.id, next_period = b.next_period,
+                    next_charge_at = b.next_at, locked_until = null, lease_token = null,
+                    updated_at = now()
+             from b where subscription.id = b.sub and subscription.lease_token = b.sub_token)
+         select c.id, c.session_id,
+                exists (select 1 from webhook_event w
+                        where w.session_id = c.session_id and w.outcome = 'deferred')
+         from c",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(&sessions)
+    .bind(&payments)
+    .bind(&subs)
+    .bind(&sub_tokens)
+    .bind(&next)
+    .bind(&next_at)
+    .fetch_all(conn)
+    .await
+}
+
 /// When and how much each of the mandate's charges since `since` counts for its limits (those
 /// that succeeded or may still succeed).
 pub async fn counted_since(

@@ -66,6 +66,14 @@ pub async fn by_id(conn: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<M
         .await
 }
 
+/// The mandates with these ids (those that exist), in one statement.
+pub async fn by_ids(conn: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<Mandate>> {
+    sqlx::query_as("select * from mandate where id = any($1)")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
 pub async fn by_idempotency_key(
     conn: impl PgExecutor<'_>,
     key: &str,

@@ -22,7 +22,8 @@ pub struct NewSubscription<'a> {
     pub metadata: &'a BTreeMap<String, String>,
     pub idempotency_key: &'a str,
     pub request_hash: &'a str,
-    pub first_charge_at: Option<OffsetDateTime>,
+    /// The first period still to come, and when it falls due (`None`: no period is left).
+    pub first: Option<(i32, OffsetDateTime)>,
 }
 
 /// Inserts the subscription, if its mandate is still active; `None` when the key is taken or
@@ -33,8 +34,10 @@ pub async fn insert(
 ) -> sqlx::Result<Option<Subscription>> {
     sqlx::query_as(
         "insert into subscription (id, mandate_id, amount, currency, schedule, reference, metadata,
-                                   idempotency_key, request_hash, next_charge_at)
-         select $1, m.id, $3, m.currency, $5, $6, $7, $8, $9, $10
+                                   idempotency_key, request_hash, next_period, next_charge_at,
+                                   status)
+         select $1, m.id, $3, m.currency, $5, $6, $7, $8, $9, coalesce($10, 0), $11,
+                case when $11::timestamptz is null then 'finished' else 'active' end
          from mandate m where m.id = $2 and m.status = 'active' and m.currency = $4
          on conflict (idempotency_key) do nothing
          returning *",
@@ -48,7 +51,8 @@ pub async fn insert(
     .bind(Json(s.metadata))
     .bind(s.idempotency_key)
     .bind(s.request_hash)
-    .bind(s.first_charge_at)
+    .bind(s.first.map(|f| f.0))
+    .bind(s.first.map(|f| f.1))
     .fetch_optional(conn)
     .await
 }

@@ -267,17 +267,7 @@ pub fn reason_of((code, message): (&str, &str)) -> Value {
 /// pending, to be sent again later, after any `Retry-After`.
 pub async fn send(state: &AppState, mut charge: Charge, token: Uuid) -> sqlx::Result<Charge> {
     let id = charge.id.to_string();
-    let req = CreateSessionRequest {
-        kind: SessionType::NextInSeries,
-        amount: charge.amount,
-        currency: charge.currency.clone(),
-        options: SessionOptions::NextInSeries {
-            customer: charge.customer_id.clone(),
-            payment_method: charge.payment_method_id.clone(),
-        },
-        external_reference: Some(id.clone()),
-        metadata: charge.metadata.0.clone(),
-    };
+    let req = session_request(&charge);
     let policy = state.moment.policy();
     let mut attempt = 1;
     loop {
@@ -350,6 +340,22 @@ pub async fn send(state: &AppState, mut charge: Charge, token: Uuid) -> sqlx::Re
     }
 }
 
+/// The `next_in_series` session a charge asks Moment for: the same body on every send, under
+/// the charge's id as Moment's idempotency key.
+pub(super) fn session_request(charge: &Charge) -> CreateSessionRequest {
+    CreateSessionRequest {
+        kind: SessionType::NextInSeries,
+        amount: charge.amount,
+        currency: charge.currency.clone(),
+        options: SessionOptions::NextInSeries {
+            customer: charge.customer_id.clone(),
+            payment_method: charge.payment_method_id.clone(),
+        },
+        external_reference: Some(charge.id.to_string()),
+        metadata: charge.metadata.0.clone(),
+    }
+}
+
 /// The charge as it is now (after a fenced write found the lease taken over).
 async fn current(state: &AppState, id: Uuid) -> sqlx::Result<Charge> {
     charges::by_id(&state.db, id)
@@ -403,7 +409,7 @@ async fn accepted(
 }
 
 /// What in Moment's answer is not the charge's: its reference, mode, amount or currency.
-fn mismatch(charge: &Charge, session: &Session, mode: &str) -> Option<&'static str> {
+pub(super) fn mismatch(charge: &Charge, session: &Session, mode: &str) -> Option<&'static str> {
     let id = charge.id.to_string();
     if session
         .external_reference

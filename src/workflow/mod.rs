@@ -3,6 +3,7 @@
 //! Requests run these in a task of their own (`app::router`'s `detach` layer, the worker's
 //! `db::detached`), so a dropped request never cuts one short.
 
+pub mod billing;
 pub mod charges;
 pub mod events;
 pub mod mandates;

@@ -135,8 +135,11 @@ async fn charge_due(
         if due.is_empty() {
             break;
         }
+        // Regular periods in one batch; the rest one at a time.
+        let batched = super::billing::charge(state, due, token, &slots).await?;
+        charged += batched.charged;
         let mut tasks = tokio::task::JoinSet::new();
-        for s in due {
+        for s in batched.left {
             let permit = Arc::clone(&slots).acquire_owned().await;
             let st = state.clone();
             tasks.spawn(async move {

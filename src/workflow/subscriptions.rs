@@ -240,7 +240,9 @@ pub async fn create(
     let schedule = spec
         .schedule()
         .map_err(|e| ApiError::invalid("interval", e))?;
-    let first = schedule.first_due_at_or_after(now);
+    let first = schedule
+        .first_due_at_or_after(now)
+        .and_then(|n| Some((n as i32, schedule.at(n)?)));
     let new = NewSubscription {
         id: Uuid::now_v7(),
         mandate_id: mandate.id,
@@ -251,23 +253,10 @@ pub async fn create(
         metadata: &req.metadata,
         idempotency_key: &key,
         request_hash: &hash,
-        first_charge_at: first.and_then(|n| schedule.at(n)),
+        first,
     };
     match store::insert(&state.db, &new).await? {
-        Some(mut s) => {
-            if let Some(n) = first.filter(|n| *n > 0) {
-                s = store::change(
-                    &state.db,
-                    s.id,
-                    &[SubscriptionStatus::Active],
-                    &Change {
-                        next: Some((n as i32, schedule.at(n))),
-                        ..Change::default()
-                    },
-                )
-                .await?
-                .unwrap_or(s);
-            }
+        Some(s) => {
             tracing::info!(subscription_id = %s.id, mandate_id = %s.mandate_id, "subscription created");
             Ok((s, false))
         }
@@ -318,7 +307,7 @@ pub async fn view(state: &AppState, s: &Subscription) -> Result<SubscriptionResp
     if mandate.amount > 0 && mandate.created_at >= since {
         counted.push((mandate.created_at, mandate.amount));
     }
-    let from = s.dunning_period.unwrap_or(s.next_period).max(0) as u32;
+    let from = s.next_period.max(0) as u32;
     out.preview = Some(subscription::preview(
         &schedule,
         from,

@@ -1,0 +1,179 @@
+//! The scheduler's charges in batches, for the day most subscriptions fall due: one statement
+//! records a batch of charges, their calls to Moment go out side by side, and one statement
+//! records Moment's answers and moves the subscriptions on. What the batch cannot take (a
+//! retry, a cancellation at period end, terms that count payments or refuse the charge, a
+//! charge already made for the period, an answer Moment did not give) is left to the
+//! one-at-a-time path, which is the same code as `POST /charges`.
+//!
+//! The guarantees are those of the single path: a charge is recorded under the key
+//! `subscription:<id>:<period>:0` before Moment is called, sent under the charge's id as
+//! Moment's idempotency key, and written only by the holder of its lease.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::charges::{mismatch, send, send_lease_secs, session_request};
+use super::{events, terms};
+use crate::domain::{Charge, Subscription};
+use crate::moment::Attempt;
+use crate::moment::wire::{Session, SessionStatus};
+use crate::state::AppState;
+use crate::store::charges::{self, Accepted, Scheduled};
+use crate::store::{mandates, subscriptions};
+
+/// What a batch came to: charges made, and the subscriptions left to the one-at-a-time path.
+pub struct Batch {
+    pub charged: usize,
+    pub left: Vec<Subscription>,
+}
+
+/// Charges the regular periods of `due` (claimed under `token`) in one batch.
+pub async fn charge(
+    state: &AppState,
+    due: Vec<Subscription>,
+    token: Uuid,
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> sqlx::Result<Batch> {
+    let now = state.clock.now();
+    let (mut fast, mut left): (Vec<Subscription>, Vec<Subscription>) = due
+        .into_iter()
+        .partition(|s| s.retry_at.is_none() && !s.cancel_at_period_end);
+    let ids: Vec<Uuid> = fast.iter().map(|s| s.mandate_id).collect();
+    let found = mandates::by_ids(&state.db, &ids).await?;
+    // Terms that count payments are checked with the mandate locked, one charge at a time;
+    // a charge the terms refuse is refused there, with its reason recorded.
+    fast.retain(|s| {
+        let fits = found
+            .iter()
+            .find(|m| m.id == s.mandate_id)
+            .is_some_and(|m| {
+                let t = m.terms();
+                !state.settings.local_terms_check
+                    || (!t.counts() && terms::check_static(&t, s.amount, now).is_ok())
+            })
+            && s.schedule.0.schedule().is_ok();
+        if !fits {
+            left.push(s.clone());
+        }
+        fits
+    });
+    if fast.is_empty() {
+        return Ok(Batch { charged: 0, left });
+    }
+    let batch: Vec<Scheduled> = fast
+        .iter()
+        .map(|s| Scheduled {
+            id: Uuid::now_v7(),
+            subscription_id: s.id,
+            period: s.next_period,
+            idempotency_key: format!("subscription:{}:{}:0", s.id, s.next_period),
+            lease_token: Uuid::new_v4(),
+        })
+        .collect();
+    let lease = send_lease_secs(state);
+    let made = charges::insert_scheduled(&state.db, &batch, lease, now).await?;
+    // Not recorded here (a charge already made for the period, a mandate no longer active):
+    // the one-at-a-time path says which.
+    let (fast, rest): (Vec<Subscription>, Vec<Subscription>) = fast
+        .into_iter()
+        .partition(|s| made.iter().any(|c| c.subscription_id == Some(s.id)));
+    left.extend(rest);
+    let mut calls = tokio::task::JoinSet::new();
+    for charge in made {
+        let Some(sub) = fast.iter().find(|s| Some(s.id) == charge.subscription_id) else {
+            continue;
+        };
+        let Some(held) = batch.iter().find(|b| b.id == charge.id) else {
+            continue;
+        };
+        let (state, permit) = (state.clone(), Arc::clone(slots).acquire_owned().await);
+        let (sub, lease_token) = (sub.clone(), held.lease_token);
+        calls.spawn(async move {
+            let _permit = permit;
+            let req = session_request(&charge);
+            let answer = state
+                .moment
+                .create_session_once(&req, &charge.id.to_string())
+                .await;
+            (charge, lease_token, sub, answer)
+        });
+    }
+    let mut answered: Vec<(Charge, Uuid, Subscription, Session)> = Vec::new();
+    let mut unanswered: Vec<(Charge, Uuid, Subscription)> = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        let Ok((charge, lease_token, sub, answer)) = joined else {
+            continue;
+        };
+        match answer {
+            Attempt::Session { session, .. }
+                if mismatch(&charge, &session, state.moment.mode()).is_none() =>
+            {
+                answered.push((charge, lease_token, sub, session));
+            }
+            _ => unanswered.push((charge, lease_token, sub)),
+        }
+    }
+    let charged = answered.len() + unanswered.len();
+    record(state, &answered, token).await?;
+    // Anything but a session: sent again by the single path under the same keys, which
+    // knows what each answer means (a refusal Moment replays is final; silence is retried).
+    for (charge, lease_token, sub) in unanswered {
+        let id = charge.id;
+        send(state, charge, lease_token).await?;
+        let next = next_of(&sub);
+        subscriptions::charged(&state.db, sub.id, token, id, Some(next)).await?;
+    }
+    Ok(Batch { charged, left })
+}
+
+/// The subscription's next period after the one being charged, and when it falls due.
+fn next_of(s: &Subscription) -> (i32, Option<time::OffsetDateTime>) {
+    let n = s.next_period + 1;
+    let at = s
+        .schedule
+        .0
+        .schedule()
+        .ok()
+        .and_then(|schedule| schedule.at(n as u32));
+    (n, at)
+}
+
+/// Moment's sessions for a batch, recorded in one statement; a webhook that came first, or an
+/// answer that already carries the outcome, is applied as the single path would.
+async fn record(
+    state: &AppState,
+    answered: &[(Charge, Uuid, Subscription, Session)],
+    token: Uuid,
+) -> sqlx::Result<()> {
+    if answered.is_empty() {
+        return Ok(());
+    }
+    let batch: Vec<Accepted<'_>> = answered
+        .iter()
+        .map(|(charge, lease_token, sub, session)| {
+            let (next_period, next_charge_at) = next_of(sub);
+            Accepted {
+                charge_id: charge.id,
+                lease_token: *lease_token,
+                session,
+                subscription_id: sub.id,
+                subscription_token: token,
+                next_period,
+                next_charge_at,
+            }
+        })
+        .collect();
+    let recorded = charges::record_scheduled(&state.db, &batch).await?;
+    for (_, session_id, waiting) in &recorded {
+        if *waiting {
+            events::apply_deferred(&state.db, Some(session_id)).await?;
+        }
+    }
+    for (_, _, _, session) in answered {
+        if session.status.is_some_and(|s| s != SessionStatus::Active) {
+            events::apply_snapshot(&state.db, session).await?;
+        }
+    }
+    Ok(())
+}
