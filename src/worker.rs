@@ -84,9 +84,14 @@ pub async fn run_once(state: &AppState) -> sqlx::Result<Tally> {
         &charge_flow::reason_of(charge_flow::WINDOW_UNKNOWN),
     )
     .await?;
-    let scheduled = scheduler::run_once(state, STAGE_BUDGET).await?;
-    tally.scheduled_charges = scheduled.charged;
-    tally.subscriptions_settled = scheduled.settled;
+    // The scheduler's failure does not hold the other stages back.
+    match scheduler::run_once(state, STAGE_BUDGET).await {
+        Ok(scheduled) => {
+            tally.scheduled_charges = scheduled.charged;
+            tally.subscriptions_settled = scheduled.settled;
+        }
+        Err(e) => tracing::warn!(error = %e, "scheduler run failed; will retry"),
+    }
     tally.events_applied = events::apply_deferred(&state.db, None).await?;
     tally.reconciled = reconcile(state).await?;
     tally.mandates_expired =

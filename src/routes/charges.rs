@@ -108,6 +108,15 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateCharge>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
+    if key
+        .as_deref()
+        .is_some_and(|k| k.starts_with("subscription:"))
+    {
+        return Err(ApiError::malformed(
+            "Idempotency-Key",
+            "keys starting with subscription: are the scheduler's own",
+        ));
+    }
     let hash = request_hash(&body);
     let req = body.check()?;
     let answer = flow::create(&state, req, key, hash).await?;

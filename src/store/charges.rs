@@ -29,8 +29,10 @@ pub struct NewCharge<'a> {
     pub lease_token: Uuid,
     /// The billing clock's time now: the charge counts in the mandate's windows from then.
     pub billed_at: time::OffsetDateTime,
-    /// For a scheduled charge: its subscription, period and attempt.
-    pub subscription: Option<(Uuid, i32, i32)>,
+    /// For a scheduled charge: its subscription, period and attempt, and the scheduler's lease
+    /// on the subscription (the charge is recorded only while that lease is held and the
+    /// subscription is live).
+    pub subscription: Option<(Uuid, i32, i32, Uuid)>,
 }
 
 /// Inserts a pending charge holding the send lease (`lease_token`), in one statement with the mandate's
@@ -49,6 +51,9 @@ pub async fn insert(conn: impl PgExecutor<'_>, c: &NewCharge<'_>) -> sqlx::Resul
          where m.id = $2 and m.status = 'active'
            and m.customer_id is not null and m.payment_method_id is not null
            and ($4::text is null or m.currency = $4::text)
+           and ($12::uuid is null
+                or exists (select 1 from subscription s where s.id = $12 and s.lease_token = $15
+                           and s.status in ('active', 'past_due')))
          on conflict (idempotency_key) do nothing
          returning *",
     )
@@ -66,6 +71,7 @@ pub async fn insert(conn: impl PgExecutor<'_>, c: &NewCharge<'_>) -> sqlx::Resul
     .bind(c.subscription.map(|s| s.0))
     .bind(c.subscription.map(|s| s.1))
     .bind(c.subscription.map(|s| s.2))
+    .bind(c.subscription.map(|s| s.3))
     .fetch_optional(conn)
     .await
 }
@@ -153,6 +159,11 @@ pub async fn begin_send(
          where c.id = $1 and c.lease_token = $2 and c.status = 'pending'
            and c.created_at > now() - make_interval(secs => $4)
            and exists (select 1 from mandate m where m.id = c.mandate_id and m.status = 'active')
+           -- A scheduled charge never sent is not sent once its subscription has ended (one
+           -- already sent is sent again under its key: its outcome must be learnt).
+           and (c.sends > 0 or c.subscription_id is null
+                or exists (select 1 from subscription s where s.id = c.subscription_id
+                           and s.status in ('active', 'past_due')))
          returning *",
     )
     .bind(id)
@@ -371,15 +382,17 @@ pub struct Scheduled {
 }
 
 /// Records a batch of scheduled charges (the first attempt of each period) in one statement,
-/// each holding its send lease with its first send counted, with the same checks as `insert`:
-/// the mandate active, with both Moment ids, in the subscription's currency. A charge whose
-/// key is taken, or whose mandate does not qualify, is left out of the answer; the caller
-/// makes those one at a time.
+/// each holding its send lease (nothing sent yet: each send goes through `begin_send`), with
+/// the same checks as `insert`: the mandate active, with both Moment ids, in the
+/// subscription's currency, and the subscription live and still leased to the scheduler
+/// (`subscription_token`). A charge whose key is taken, or that does not qualify, is left out
+/// of the answer; the caller makes those one at a time.
 pub async fn insert_scheduled(
     conn: impl PgExecutor<'_>,
     batch: &[Scheduled],
     lease_secs: f64,
     billed_at: time::OffsetDateTime,
+    subscription_token: Uuid,
 ) -> sqlx::Result<Vec<Charge>> {
     let ids: Vec<Uuid> = batch.iter().map(|c| c.id).collect();
     let subs: Vec<Uuid> = batch.iter().map(|c| c.subscription_id).collect();
@@ -392,13 +405,14 @@ pub async fn insert_scheduled(
                              lease_token, billed_at, subscription_id, period, attempt, sends)
          select b.id, m.id, s.amount, m.currency, s.reference, s.metadata, m.customer_id,
                 m.payment_method_id, b.key, b.key, now() + make_interval(secs => $6), b.token,
-                $7, s.id, b.period, 0, 1
+                $7, s.id, b.period, 0, 0
          from unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::uuid[])
                   as b(id, sub, period, key, token)
          join subscription s on s.id = b.sub
          join mandate m on m.id = s.mandate_id
          where m.status = 'active' and m.customer_id is not null
            and m.payment_method_id is not null and m.currency = s.currency
+           and s.status in ('active', 'past_due') and s.lease_token = $8
          on conflict (idempotency_key) do nothing
          returning *",
     )
@@ -409,6 +423,7 @@ pub async fn insert_scheduled(
     .bind(&tokens)
     .bind(lease_secs)
     .bind(billed_at)
+    .bind(subscription_token)
     .fetch_all(conn)
     .await
 }

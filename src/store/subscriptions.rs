@@ -158,34 +158,51 @@ pub async fn charged(
     Ok(done.rows_affected() == 1)
 }
 
-/// The lease holder made no charge and moves a regular period's schedule on to `next`
-/// (`None`: a retry, nothing moves); the lease is given back.
-pub async fn skip(
+/// The lease holder ends a period no charge could be made for, in one statement: the
+/// schedule moves on to `next` (`None` for a retry: nothing moves), dunning ends, and the
+/// subscription becomes `to` with `failure`; `exhausted` says dunning ran out (the
+/// `dunning.exhausted` event). Only while the subscription is live and the lease is still
+/// the holder's: a pause or cancel that came meanwhile stands.
+#[allow(clippy::too_many_arguments)]
+pub async fn end_period(
     conn: impl PgExecutor<'_>,
     id: Uuid,
     token: Uuid,
     next: Option<(i32, Option<OffsetDateTime>)>,
-) -> sqlx::Result<()> {
-    sqlx::query(
+    to: SubscriptionStatus,
+    failure: &serde_json::Value,
+    exhausted: bool,
+    now: OffsetDateTime,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
         "update subscription set
                 next_period = coalesce($3, next_period),
                 next_charge_at = case when $3::int is null then next_charge_at else $4 end,
+                status = $5, last_failure = $6,
+                dunning_exhausted_at = case when $7 then $8 else dunning_exhausted_at end,
+                dunning_period = null, dunning_failures = 0, dunning_since = null, retry_at = null,
                 locked_until = null, lease_token = null, updated_at = now()
-         where id = $1 and lease_token = $2",
+         where id = $1 and lease_token = $2 and status in ('active', 'past_due')",
     )
     .bind(id)
     .bind(token)
     .bind(next.map(|n| n.0))
     .bind(next.and_then(|n| n.1))
+    .bind(to)
+    .bind(Json(failure))
+    .bind(exhausted)
+    .bind(now)
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
-/// Gives the lease back without a charge (the next run tries again).
+/// Gives the lease back without a charge; the next run tries again after `RELEASE_BACKOFF`
+/// seconds, so that a subscription that cannot be charged now is not claimed in a loop.
 pub async fn release(conn: impl PgExecutor<'_>, id: Uuid, token: Uuid) -> sqlx::Result<()> {
     sqlx::query(
-        "update subscription set locked_until = null, lease_token = null
+        "update subscription set locked_until = now() + make_interval(secs => 5),
+                lease_token = null
          where id = $1 and lease_token = $2",
     )
     .bind(id)
@@ -205,8 +222,8 @@ pub struct Outcome {
     pub charge_period: Option<i32>,
 }
 
-/// Up to `limit` subscriptions whose charge in flight succeeded or failed, locked until the
-/// transaction ends (others skip them).
+/// Up to `limit` subscriptions whose charge in flight succeeded, failed or needs review, locked
+/// until the transaction ends (others skip them).
 pub async fn outcomes(conn: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<Outcome>> {
     sqlx::query_as(
         "select s.*, c.status as charge_status, c.failure as charge_failure,
@@ -214,7 +231,7 @@ pub async fn outcomes(conn: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec
          from subscription s
          cross join lateral (select status, failure, period from charge
                              where id = s.open_charge_id) c
-         where s.open_charge_id is not null and c.status in ('succeeded', 'failed')
+         where s.open_charge_id is not null and c.status in ('succeeded', 'failed', 'needs_review')
          order by s.id
          limit $1
          for update of s skip locked",
@@ -234,8 +251,12 @@ pub enum Settle {
         since: OffsetDateTime,
         retry_at: OffsetDateTime,
     },
-    /// Failed for good: dunning has run out, and the subscription becomes `to`.
-    Exhausted { to: SubscriptionStatus },
+    /// The period ends without a payment: the subscription becomes `to`; `exhausted` when
+    /// dunning ran out (the `dunning.exhausted` event), not for a charge left to review.
+    End {
+        to: SubscriptionStatus,
+        exhausted: bool,
+    },
     /// The subscription was paused or cancelled meanwhile: the charge is only let go.
     Detach,
 }
@@ -274,17 +295,19 @@ pub async fn settle(
         .bind(since)
         .bind(retry_at)
         .bind(failure.map(Json)),
-        Settle::Exhausted { to } => sqlx::query(
+        Settle::End { to, exhausted } => sqlx::query(
             "update subscription set open_charge_id = null, status = $2,
                     dunning_period = null, dunning_failures = 0, dunning_since = null,
-                    retry_at = null, last_failure = $3, dunning_exhausted_at = $4,
+                    retry_at = null, last_failure = $3,
+                    dunning_exhausted_at = case when $5 then $4 else dunning_exhausted_at end,
                     updated_at = now()
              where id = $1",
         )
         .bind(id)
         .bind(*to)
         .bind(failure.map(Json))
-        .bind(now),
+        .bind(now)
+        .bind(*exhausted),
         Settle::Detach => sqlx::query(
             "update subscription set open_charge_id = null, updated_at = now() where id = $1",
         )
@@ -292,6 +315,21 @@ pub async fn settle(
     };
     q.execute(conn).await?;
     Ok(())
+}
+
+/// Cancels every live subscription of a mandate that was revoked.
+pub async fn cancel_for_mandate(conn: impl PgExecutor<'_>, mandate_id: Uuid) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "update subscription set status = 'cancelled', dunning_period = null,
+                dunning_failures = 0, dunning_since = null, retry_at = null,
+                last_failure = '{\"code\": \"mandate_revoked\", \"message\": \"the mandate was revoked\"}',
+                updated_at = now()
+         where mandate_id = $1 and status in ('active', 'past_due', 'paused')",
+    )
+    .bind(mandate_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Sends `subscription.charge_upcoming` (by trigger) for every active subscription whose next
@@ -310,7 +348,7 @@ pub async fn announce_upcoming(
     Ok(done.rows_affected())
 }
 
-/// Paused subscriptions whose `resume_at` has come, locked for their resumption.
+/// Paused subscriptions whose `resume_at` has come (resuming one checks it is still paused).
 pub async fn due_to_resume(
     conn: impl PgExecutor<'_>,
     now: OffsetDateTime,
@@ -318,7 +356,7 @@ pub async fn due_to_resume(
 ) -> sqlx::Result<Vec<Subscription>> {
     sqlx::query_as(
         "select * from subscription where status = 'paused' and resume_at <= $1
-         order by resume_at limit $2 for update skip locked",
+         order by resume_at limit $2",
     )
     .bind(now)
     .bind(limit)
@@ -398,7 +436,8 @@ pub async fn backlog(conn: impl PgExecutor<'_>, now: OffsetDateTime) -> sqlx::Re
               as in_flight,
             (select count(*) from subscription s
               cross join lateral (select status from charge where id = s.open_charge_id) c
-              where s.open_charge_id is not null and c.status in ('succeeded', 'failed'))
+              where s.open_charge_id is not null
+                and c.status in ('succeeded', 'failed', 'needs_review'))
               as to_settle,
             (select count(*) from subscription
               where open_charge_id is null

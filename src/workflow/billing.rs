@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::charges::{mismatch, send, send_lease_secs, session_request};
+use super::charges::{RESEND_WINDOW_SECS, mismatch, send, send_lease_secs, session_request};
 use super::{events, terms};
 use crate::domain::{Charge, Subscription};
 use crate::moment::Attempt;
@@ -72,7 +72,7 @@ pub async fn charge(
         })
         .collect();
     let lease = send_lease_secs(state);
-    let made = charges::insert_scheduled(&state.db, &batch, lease, now).await?;
+    let made = charges::insert_scheduled(&state.db, &batch, lease, now, token).await?;
     // Not recorded here (a charge already made for the period, a mandate no longer active):
     // the one-at-a-time path says which.
     let (fast, rest): (Vec<Subscription>, Vec<Subscription>) = fast
@@ -91,11 +91,21 @@ pub async fn charge(
         let (sub, lease_token) = (sub.clone(), held.lease_token);
         calls.spawn(async move {
             let _permit = permit;
-            let req = session_request(&charge);
-            let answer = state
-                .moment
-                .create_session_once(&req, &charge.id.to_string())
-                .await;
+            // Right before the call, as every send: the lease renewed, the send counted, and
+            // the charge still sendable (pending, its mandate active, its subscription live).
+            let lease = send_lease_secs(&state);
+            let begun =
+                charges::begin_send(&state.db, charge.id, lease_token, lease, RESEND_WINDOW_SECS)
+                    .await;
+            let answer = match begun {
+                Ok(Some(c)) => Some(
+                    state
+                        .moment
+                        .create_session_once(&session_request(&c), &c.id.to_string())
+                        .await,
+                ),
+                _ => None,
+            };
             (charge, lease_token, sub, answer)
         });
     }
@@ -106,7 +116,7 @@ pub async fn charge(
             continue;
         };
         match answer {
-            Attempt::Session { session, .. }
+            Some(Attempt::Session { session, .. })
                 if mismatch(&charge, &session, state.moment.mode()).is_none() =>
             {
                 answered.push((charge, lease_token, sub, session));
@@ -116,8 +126,9 @@ pub async fn charge(
     }
     let charged = answered.len() + unanswered.len();
     record(state, &answered, token).await?;
-    // Anything but a session: sent again by the single path under the same keys, which
-    // knows what each answer means (a refusal Moment replays is final; silence is retried).
+    // Anything but a session (or not sendable any more): to the single path under the same
+    // keys, which knows what each answer means (a refusal Moment replays is final; silence is
+    // retried; a charge that may no longer be sent ends with the reason).
     for (charge, lease_token, sub) in unanswered {
         let id = charge.id;
         send(state, charge, lease_token).await?;

@@ -30,8 +30,9 @@ pub struct ChargeRequest {
     pub metadata: BTreeMap<String, String>,
     /// Only check the terms; record and send nothing.
     pub dry_run: bool,
-    /// For a scheduled charge: its subscription, period and attempt.
-    pub subscription: Option<(Uuid, i32, i32)>,
+    /// For a scheduled charge: its subscription, period and attempt, and the scheduler's
+    /// lease on the subscription.
+    pub subscription: Option<(Uuid, i32, i32, Uuid)>,
 }
 
 /// The answer for the merchant: status, body, and whether it is a replay.
@@ -242,6 +243,10 @@ pub const REVOKED_UNKNOWN: (&str, &str) = (
     "mandate_revoked_outcome_unknown",
     "the mandate was revoked after a send whose answer never came; it is not sent again",
 );
+pub const SUBSCRIPTION_ENDED: (&str, &str) = (
+    "subscription_ended",
+    "the subscription was paused or cancelled before the charge was sent",
+);
 pub const WINDOW_UNSENT: (&str, &str) = (
     "send_window_passed",
     "the charge could not be sent within 23 hours, inside Moment's 24-hour idempotency window",
@@ -443,7 +448,23 @@ async fn unsendable(state: &AppState, id: Uuid, token: Uuid) -> sqlx::Result<Cha
     let mandate_active = mandates::by_id(&state.db, charge.mandate_id)
         .await?
         .is_some_and(|m| m.status == MandateStatus::Active);
+    let subscription_live = match charge.subscription_id {
+        None => true,
+        Some(s) => crate::store::subscriptions::by_id(&state.db, s)
+            .await?
+            .is_some_and(|s| {
+                matches!(
+                    s.status,
+                    crate::domain::SubscriptionStatus::Active
+                        | crate::domain::SubscriptionStatus::PastDue
+                )
+            }),
+    };
     let written = match (mandate_active, charge.sends) {
+        (true, 0) if !subscription_live => {
+            tracing::info!(charge_id = %id, "the subscription has ended; the charge is not sent");
+            charges::fail(&state.db, id, token, &reason_of(SUBSCRIPTION_ENDED)).await?
+        }
         (false, 0) => {
             tracing::info!(charge_id = %id, "the mandate is no longer active; the charge is not sent");
             charges::fail(&state.db, id, token, &reason_of(REVOKED_UNSENT)).await?

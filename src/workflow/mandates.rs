@@ -175,6 +175,9 @@ pub async fn revoke(state: &AppState, id: Uuid) -> Result<Revoked, ApiError> {
         });
     };
     use crate::workflow::charges::{REVOKED_UNKNOWN, REVOKED_UNSENT, reason_of};
+    // The mandate's subscriptions end with it (a scheduler that finds the mandate revoked
+    // first cancels them too).
+    crate::store::subscriptions::cancel_for_mandate(&state.db, id).await?;
     let settled = charges::settle_revoked(
         &state.db,
         id,

@@ -81,8 +81,25 @@ async fn settle(state: &AppState, now: OffsetDateTime) -> sqlx::Result<usize> {
                 Settle::Paid {
                     finished: s.next_charge_at.is_none(),
                 }
+            } else if o.charge_status == "needs_review" {
+                // Nobody knows whether Moment took the money: billing stops until an
+                // operator has looked and the merchant resumes.
+                Settle::End {
+                    to: SubscriptionStatus::Paused,
+                    exhausted: false,
+                }
             } else {
                 failed(state, s, o.charge_period, failure, now)
+            };
+            let review = json!({
+                "code": "charge_needs_review",
+                "message": "the outcome of the period's charge is not known; see the charge's review_reason",
+                "charge_id": s.open_charge_id,
+            });
+            let failure = if o.charge_status == "needs_review" {
+                Some(&review)
+            } else {
+                failure
             };
             store::settle(&mut *tx, s.id, &how, failure, now).await?;
         }
@@ -111,57 +128,92 @@ fn failed(
             retry_at: since + wait,
         }
     } else {
-        Settle::Exhausted {
+        Settle::End {
             to: state.settings.billing.exhausted,
+            exhausted: true,
         }
     }
 }
 
-/// Claims and charges what is due, `billing.concurrency` charges at a time, until nothing is
-/// due or the deadline has passed (a charge under way finishes).
+/// Chunks of due subscriptions in flight at once.
+const CHUNKS: usize = 4;
+
+/// Claims and charges what is due, with at most `billing.concurrency` calls to Moment at a
+/// time, until nothing is due or the deadline has passed (a charge under way finishes).
+/// Subscriptions are claimed in chunks of half the concurrency, several chunks in flight:
+/// each chunk records Moment's answers as soon as its own calls are back, so that Moment's
+/// webhooks seldom come before the session they are about is recorded.
 async fn charge_due(
     state: &AppState,
     now: OffsetDateTime,
     deadline: Instant,
 ) -> sqlx::Result<usize> {
-    let slots = Arc::new(tokio::sync::Semaphore::new(
-        state.settings.billing.concurrency,
-    ));
-    let mut charged = 0;
-    while Instant::now() < deadline {
-        let token = Uuid::new_v4();
-        let batch = (state.settings.billing.concurrency * 4) as i64;
-        let due = store::claim_due(&state.db, now, batch, LEASE_SECS, token).await?;
-        if due.is_empty() {
-            break;
-        }
-        // Regular periods in one batch; the rest one at a time.
-        let batched = super::billing::charge(state, due, token, &slots).await?;
-        charged += batched.charged;
-        let mut tasks = tokio::task::JoinSet::new();
-        for s in batched.left {
-            let permit = Arc::clone(&slots).acquire_owned().await;
-            let st = state.clone();
-            tasks.spawn(async move {
-                let _permit = permit;
-                charge_one(&st, s, token).await
-            });
-        }
-        // Every task is joined, so that none is cut short by another's error.
-        let mut first_error = None;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(true)) => charged += 1,
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => first_error = first_error.or(Some(e)),
-                Err(e) => tracing::error!(error = %e, "a scheduled charge's task failed"),
+    let concurrency = state.settings.billing.concurrency;
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let chunk = (concurrency / 2).max(1) as i64;
+    let mut chunks = tokio::task::JoinSet::new();
+    let (mut charged, mut drained) = (0, false);
+    let mut first_error = None;
+    loop {
+        while !drained
+            && first_error.is_none()
+            && chunks.len() < CHUNKS
+            && Instant::now() < deadline
+        {
+            let token = Uuid::new_v4();
+            let due = store::claim_due(&state.db, now, chunk, LEASE_SECS, token).await?;
+            if due.is_empty() {
+                drained = true;
+                break;
             }
+            let (st, slots) = (state.clone(), Arc::clone(&slots));
+            chunks.spawn(async move { charge_chunk(&st, due, token, &slots).await });
         }
-        if let Some(e) = first_error {
-            return Err(e);
+        // Every chunk is joined, so that none is cut short by another's error.
+        match chunks.join_next().await {
+            None => break,
+            Some(Ok(Ok(n))) => charged += n,
+            Some(Ok(Err(e))) => first_error = first_error.or(Some(e)),
+            Some(Err(e)) => tracing::error!(error = %e, "a chunk of scheduled charges failed"),
         }
     }
-    Ok(charged)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(charged),
+    }
+}
+
+/// One claimed chunk: its regular periods in one batch, the rest one at a time.
+async fn charge_chunk(
+    state: &AppState,
+    due: Vec<Subscription>,
+    token: Uuid,
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> sqlx::Result<usize> {
+    let batched = super::billing::charge(state, due, token, slots).await?;
+    let mut charged = batched.charged;
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in batched.left {
+        let permit = Arc::clone(slots).acquire_owned().await;
+        let st = state.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            charge_one(&st, s, token).await
+        });
+    }
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(true)) => charged += 1,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(e) => tracing::error!(error = %e, "a scheduled charge's task failed"),
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(charged),
+    }
 }
 
 /// Charges one claimed subscription's due period (or retry). `true` when a charge was made.
@@ -176,17 +228,17 @@ async fn charge_one(state: &AppState, s: Subscription, token: Uuid) -> sqlx::Res
         }
     };
     if regular && s.cancel_at_period_end {
-        store::settle(
-            &state.db,
-            s.id,
-            &Settle::Exhausted {
-                to: SubscriptionStatus::Cancelled,
-            },
-            Some(&json!({"code": "cancelled_at_period_end", "message": "cancelled by the merchant at the end of the period"})),
-            state.clock.now(),
+        let why = json!({"code": "cancelled_at_period_end", "message": "cancelled by the merchant at the end of the period"});
+        end(
+            state,
+            &s,
+            token,
+            None,
+            &why,
+            SubscriptionStatus::Cancelled,
+            false,
         )
         .await?;
-        store::release(&state.db, s.id, token).await?;
         return Ok(false);
     }
     let (period, attempt) = if regular {
@@ -205,7 +257,7 @@ async fn charge_one(state: &AppState, s: Subscription, token: Uuid) -> sqlx::Res
         reference: s.reference.clone(),
         metadata: s.metadata.0.clone(),
         dry_run: false,
-        subscription: Some((s.id, period, attempt)),
+        subscription: Some((s.id, period, attempt, token)),
     };
     let next = regular.then(|| {
         let n = period + 1;
@@ -234,6 +286,7 @@ async fn charge_one(state: &AppState, s: Subscription, token: Uuid) -> sqlx::Res
                 next,
                 &failure,
                 state.settings.billing.exhausted,
+                true,
             )
             .await?;
             Ok(false)
@@ -251,6 +304,7 @@ async fn charge_one(state: &AppState, s: Subscription, token: Uuid) -> sqlx::Res
                     next,
                     &failure,
                     SubscriptionStatus::Cancelled,
+                    false,
                 )
                 .await?;
             } else {
@@ -271,16 +325,11 @@ async fn end(
     next: Option<(i32, Option<OffsetDateTime>)>,
     failure: &serde_json::Value,
     to: SubscriptionStatus,
+    exhausted: bool,
 ) -> sqlx::Result<()> {
-    store::skip(&state.db, s.id, token, next).await?;
-    store::settle(
-        &state.db,
-        s.id,
-        &Settle::Exhausted { to },
-        Some(failure),
-        state.clock.now(),
-    )
-    .await
+    let now = state.clock.now();
+    store::end_period(&state.db, s.id, token, next, to, failure, exhausted, now).await?;
+    Ok(())
 }
 
 /// What a fast-forward did.

@@ -65,6 +65,15 @@ pub fn resolve(
                 ));
             }
             let on = r.on.as_ref();
+            if on
+                .and_then(|o| o["days"].as_array())
+                .is_some_and(|d| d.len() > 1)
+            {
+                return Err(ApiError::invalid(
+                    "mandate_id",
+                    "the mandate's recurrence names several days a period; a subscription bills one",
+                ));
+            }
             let first = on.and_then(|o| o["days"].get(0));
             let dom = first.and_then(|d| d.as_i64()).map(|d| d as i8);
             let wd = first.and_then(|d| d.as_str()).map(str::to_owned);
@@ -105,6 +114,14 @@ pub fn resolve(
     let start = req.start_date.unwrap_or(today);
     if start < today {
         return Err(ApiError::invalid("start_date", "must not be in the past"));
+    }
+    if let Some(from) = terms.validity_period.and_then(|v| v.start_date)
+        && start < from
+    {
+        return Err(ApiError::invalid(
+            "start_date",
+            format!("must not be before the mandate's validity_period.start_date ({from})"),
+        ));
     }
     let validity_end = terms.validity_period.and_then(|v| v.end_date);
     if let (Some(end), Some(limit)) = (req.end_date, validity_end)
@@ -363,10 +380,14 @@ pub async fn resume_row(state: &AppState, s: &Subscription) -> Result<Subscripti
         .0
         .schedule()
         .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
-    let n = schedule
-        .first_due_at_or_after(state.clock.now())
-        .map_or(s.next_period, |n| (n as i32).max(s.next_period));
-    let at = schedule.at(n as u32);
+    // No period left from now on: the subscription is finished, nothing is caught up.
+    let (n, at) = match schedule.first_due_at_or_after(state.clock.now()) {
+        Some(n) => {
+            let n = (n as i32).max(s.next_period);
+            (n, schedule.at(n as u32))
+        }
+        None => (s.next_period, None),
+    };
     let change = Change {
         status: Some(if at.is_some() {
             SubscriptionStatus::Active

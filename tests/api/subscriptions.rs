@@ -718,3 +718,68 @@ async fn a_yearly_subscription_on_29_february_is_charged_on_the_28th_in_common_y
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_mandate_cancels_its_subscriptions_and_nothing_more_is_charged() {
+    let stack = start_stack(|_| {}).await;
+    let sub = monthly_from_tomorrow(&stack, "s", CARD).await;
+    let revoked = stack
+        .post(
+            &format!("/mandates/{}/revoke", sub["mandate_id"].as_str().unwrap()),
+            &json!({}),
+            "r",
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    let after = show(&stack, &sub).await;
+    assert_eq!(after["status"], "cancelled", "{after}");
+    assert_eq!(after["last_failure"]["code"], "mandate_revoked");
+    advance(&stack, 40).await;
+    assert!(charges_of(&stack, &sub).await.is_empty());
+    let types = event_types(&stack, &sub).await;
+    assert!(
+        types.contains(&"subscription.cancelled".to_owned()),
+        "{types:?}"
+    );
+    assert!(
+        !types.contains(&"dunning.exhausted".to_owned()),
+        "{types:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_cannot_take_the_schedulers_keys_and_a_resumed_schedule_that_has_ended_finishes()
+{
+    let stack = start_stack(|_| {}).await;
+    let m = mandate(&stack, "m", CARD, json!({"amount": {"max": 9900}})).await;
+    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
+    let sub = subscribe(
+        &stack,
+        "s",
+        json!({"mandate_id": m["id"], "amount": 5000, "interval": {"unit": "week", "count": 1},
+               "start_date": tomorrow.to_string(), "count": 2}),
+    )
+    .await;
+    let id = sub["id"].as_str().unwrap();
+    let taken = stack
+        .post(
+            "/charges",
+            &json!({"mandate_id": m["id"], "amount": 5000}),
+            &format!("subscription:{id}:0:0"),
+        )
+        .await;
+    assert_eq!(taken.status, 400, "{}", taken.body);
+    stack
+        .post(&format!("/subscriptions/{id}/pause"), &json!({}), "p")
+        .await;
+    advance(&stack, 30).await;
+    let resumed = stack
+        .post(&format!("/subscriptions/{id}/resume"), &json!({}), "r")
+        .await;
+    assert_eq!(resumed.body["status"], "finished", "{}", resumed.body);
+    advance(&stack, 1).await;
+    assert!(
+        charges_of(&stack, &sub).await.is_empty(),
+        "no period is caught up after the end"
+    );
+}
