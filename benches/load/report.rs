@@ -138,9 +138,11 @@ pub fn report(
          {} subscriptions falling due at the same moment on the billing run's mandates, charged by\n\
          the scheduler of a fresh `serve` (its background worker, `WORKER_INTERVAL_SECS=1`) while\n\
          the simulator answers every call after {} ms. The simulator's limit is the scheduler's\n\
-         concurrency ÷ latency. Transactions are Postgres commits in the whole run per charge (a\n\
-         statement outside a transaction is one): the claim, the charge, Moment's answer, the three\n\
-         webhooks Moment sends for it, and the settlement. CPU is milliseconds per charge.\n\n\
+         concurrency ÷ latency (the merchant's webhook endpoint is off: events out are measured\n\
+         above). Transactions are Postgres commits in the whole run per charge (a statement\n\
+         outside a transaction is one): the claims, the charges, each send's check, Moment's\n\
+         answers, the three webhooks Moment sends for each charge, and the settlements. CPU is\n\
+         milliseconds per charge, progress read once a second.\n\n\
          | concurrency | charges/s | ratio to the simulator's limit | all sent (s) | all settled (s) | transactions per charge | service CPU (ms) | Postgres CPU (ms) | simulator CPU (ms) |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         m.scheduled.first().map_or(0, |b| b.charges),
