@@ -52,7 +52,7 @@ create table subscription (
 
 -- The scheduler's look-ups: what is due to bill, to retry, to resume, to announce.
 create index subscription_due_idx on subscription (next_charge_at)
-    where status = 'active' and open_charge_id is null;
+    where status in ('active', 'past_due') and retry_at is null and open_charge_id is null;
 create index subscription_retry_idx on subscription (retry_at)
     where status = 'past_due' and open_charge_id is null;
 create index subscription_resume_idx on subscription (resume_at) where status = 'paused';

@@ -100,8 +100,8 @@ pub async fn list(conn: impl PgExecutor<'_>, f: &Filter) -> sqlx::Result<Vec<Sub
 }
 
 /// Claims up to `limit` subscriptions with a charge to make at `now` (a period due while
-/// active or past due without a retry waiting, or a retry due), none in flight, with a lease
-/// named by `token`. Each is billed by the holder; a crashed holder's lease runs out and
+/// active or past due without a retry waiting), and up to `limit` with a retry due, none in
+/// flight, with a lease named by `token`; each kind in its due order, by its own index. Each is billed by the holder; a crashed holder's lease runs out and
 /// the next claim bills the same period under the same key.
 pub async fn claim_due(
     conn: impl PgExecutor<'_>,
@@ -111,16 +111,23 @@ pub async fn claim_due(
     token: Uuid,
 ) -> sqlx::Result<Vec<Subscription>> {
     sqlx::query_as(
-        "update subscription set locked_until = now() + make_interval(secs => $3), lease_token = $4
-         where id in (
+        "with regular as (
              select id from subscription
-             where open_charge_id is null
-               and ((status in ('active', 'past_due') and retry_at is null and next_charge_at <= $1)
-                    or (status = 'past_due' and retry_at <= $1))
+             where status in ('active', 'past_due') and retry_at is null
+               and open_charge_id is null and next_charge_at <= $1
                and coalesce(locked_until, '-infinity') < now()
-             order by least(next_charge_at, retry_at)
+             order by next_charge_at
+             limit $2
+             for update skip locked),
+         retries as (
+             select id from subscription
+             where status = 'past_due' and open_charge_id is null and retry_at <= $1
+               and coalesce(locked_until, '-infinity') < now()
+             order by retry_at
              limit $2
              for update skip locked)
+         update subscription set locked_until = now() + make_interval(secs => $3), lease_token = $4
+         where id in (select id from regular union all select id from retries)
          returning *",
     )
     .bind(now)
