@@ -253,10 +253,23 @@ pub async fn create(
     let now = state.clock.now();
     terms::check_amount(&terms, amount)?;
     let today = local_day(now, state.settings.billing.offset);
-    let spec = resolve(state, &mandate, &req, today)?;
-    let schedule = spec
+    let mut spec = resolve(state, &mandate, &req, today)?;
+    let mut schedule = spec
         .schedule()
         .map_err(|e| ApiError::invalid("interval", e))?;
+    // A first period whose time has already passed (today, after `charge_time`) is not billed,
+    // and does not count toward `count` either: the schedule starts on its first billed day.
+    // The anchor is already resolved, so it does not move.
+    if let Some(at) = schedule
+        .first_due_at_or_after(now)
+        .filter(|n| *n > 0)
+        .and_then(|n| schedule.at(n))
+    {
+        spec.start_date = local_day(at, state.settings.billing.offset);
+        schedule = spec
+            .schedule()
+            .map_err(|e| ApiError::invalid("interval", e))?;
+    }
     let first = schedule
         .first_due_at_or_after(now)
         .and_then(|n| Some((n as i32, schedule.at(n)?)));

@@ -783,3 +783,30 @@ async fn a_merchant_cannot_take_the_schedulers_keys_and_a_resumed_schedule_that_
         "no period is caught up after the end"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_period_already_past_is_not_billed_and_does_not_count() {
+    let stack = start_stack(|_| {}).await;
+    let m = mandate(&stack, "m", CARD, json!({"amount": {"max": 9900}})).await;
+    // Daily at 00:00 from today: today's period has passed by the time it is created.
+    let today = sast(OffsetDateTime::now_utc());
+    let sub = subscribe(
+        &stack,
+        "s",
+        json!({"mandate_id": m["id"], "amount": 1000, "interval": {"unit": "day", "count": 1},
+               "start_date": today.to_string(), "charge_time": "00:00", "count": 2}),
+    )
+    .await;
+    assert_eq!(
+        sub["schedule"]["start_date"],
+        (today + Duration::days(1)).to_string()
+    );
+    advance(&stack, 5).await;
+    let days: Vec<Date> = charges_of(&stack, &sub)
+        .await
+        .iter()
+        .map(|c| sast(c.3))
+        .collect();
+    assert_eq!(days, [today + Duration::days(1), today + Duration::days(2)]);
+    assert_eq!(show(&stack, &sub).await["status"], "finished");
+}
