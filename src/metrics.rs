@@ -79,6 +79,10 @@ fn describe() {
         "Moment webhook deliveries, by event type, outcome and rejection reason"
     );
     describe_counter!(
+        "webhook_commits_total",
+        "Commits that stored Moment's webhooks: deliveries arriving together share one"
+    );
+    describe_counter!(
         "moment_requests_total",
         "Attempts of calls to Moment, by operation and HTTP status (or timeout, network)"
     );
@@ -153,6 +157,11 @@ pub fn webhook(event_type: &str, outcome: &'static str, reason: &'static str) {
         "reason" => reason
     )
     .increment(1);
+}
+
+/// One commit storing Moment's webhooks (one or more, together).
+pub fn webhook_commit() {
+    counter!("webhook_commits_total").increment(1);
 }
 
 /// One attempt of a call to Moment: `status` is the HTTP status, `timeout` or `network`.

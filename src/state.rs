@@ -52,6 +52,8 @@ pub struct AppState {
     pub outbound: reqwest::Client,
     /// What billing reads the time from (a test clock in `dev` and the tests).
     pub clock: crate::clock::Clock,
+    /// Moment's webhooks are stored through this, in batches (group commit).
+    pub ingest: crate::workflow::ingest::Ingest,
 }
 
 impl FromRef<AppState> for Arc<ApiKeys> {
@@ -75,6 +77,7 @@ impl AppState {
             retry,
         )?;
         let secrets: Vec<WebhookSecret> = std::mem::take(&mut config.webhook_secrets);
+        let ingest = crate::workflow::ingest::Ingest::start(db.clone());
         Ok(Self {
             db,
             moment,
@@ -92,6 +95,7 @@ impl AppState {
             }),
             return_fetches: Arc::new(tokio::sync::Semaphore::new(RETURN_FETCHES)),
             clock: config.clock.clone(),
+            ingest,
             outbound: reqwest::Client::builder()
                 .timeout(crate::config::DELIVERY_TIMEOUT)
                 .connect_timeout(Duration::from_secs(5))

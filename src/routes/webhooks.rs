@@ -93,8 +93,8 @@ async fn verify_and_store(
         kind: "unreadable".into(),
         data: serde_json::Value::Null,
     });
-    let mode = state.moment.mode();
-    let receipt = events::receive(&state.db, &webhook_id, &payload, &event, mode)
+    let delivery = events::delivery(&webhook_id, payload, &event, state.moment.mode());
+    let receipt = events::receive(&state.ingest, delivery)
         .await
         .map_err(ApiError::DatabaseUnavailable)?;
     let kind = event.kind;

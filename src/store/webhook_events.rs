@@ -221,6 +221,287 @@ fn bind_event<'q, O>(
         .bind(e.payload)
 }
 
+/// A verified delivery, owned, with what storing it asks: keep it as it is, or apply it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub webhook_id: String,
+    pub event_id: Option<String>,
+    pub event_type: String,
+    pub session_id: Option<String>,
+    pub external_reference: Option<String>,
+    pub payload: String,
+    pub action: Action,
+}
+
+/// What storing a delivery does beside keeping it.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Stored with this outcome (ignored, mismatch, unreadable), nothing applied.
+    Keep(Outcome),
+    /// Applied to the mandate or charge it names, as [`record`] does.
+    Apply(Box<Effect>),
+}
+
+impl Delivery {
+    fn event(&self) -> NewEvent<'_> {
+        NewEvent {
+            webhook_id: &self.webhook_id,
+            event_id: self.event_id.as_deref(),
+            event_type: &self.event_type,
+            session_id: self.session_id.as_deref(),
+            external_reference: self.external_reference.as_deref(),
+            payload: &self.payload,
+        }
+    }
+
+    /// The session it applies to, if it applies to one: two deliveries of one session are
+    /// never in the same batch (one statement cannot move a row twice).
+    pub fn target(&self) -> Option<&str> {
+        match &self.action {
+            Action::Apply(e) => Some(match e.as_ref() {
+                Effect::Mandate(t) => &t.session_id,
+                Effect::Charge(t) => &t.session_id,
+            }),
+            Action::Keep(_) => None,
+        }
+    }
+
+    /// Our id it names, if it names one.
+    pub fn our_id(&self) -> Option<Uuid> {
+        match &self.action {
+            Action::Apply(e) => match e.as_ref() {
+                Effect::Mandate(t) => t.external_reference,
+                Effect::Charge(t) => t.external_reference,
+            },
+            Action::Keep(_) => None,
+        }
+    }
+}
+
+/// Stores one delivery in one statement ([`record`] or [`record_unapplied`]); `None` for a
+/// duplicate `webhook-id`.
+pub async fn record_one(conn: impl PgExecutor<'_>, d: &Delivery) -> sqlx::Result<Option<Recorded>> {
+    match &d.action {
+        Action::Keep(outcome) => record_unapplied(conn, &d.event(), *outcome).await,
+        Action::Apply(effect) => record(conn, &d.event(), effect).await,
+    }
+}
+
+/// [`MANDATE_WEBHOOK`] and [`CHARGE_WEBHOOK`] for a batch of deliveries, in one statement and
+/// so one commit: the deliveries arrive as arrays, one element each (`n` is the position, from
+/// 1). Each record moves as it would alone (the same forward-only update and the same
+/// outcome); the records are locked in the order of their ids, the order
+/// `charges::record_scheduled` locks charges in, so two batches never wait on each other in a
+/// circle. The caller keeps `webhook-id`s, sessions and our ids unique within a batch.
+const BATCH: &str = "with i as (
+    select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::uuid[], $9::text[], $10::text[], $11::text[], $12::text[],
+                         $13::text[], $14::jsonb[], $15::text[], $16::bigint[], $17::text[])
+        with ordinality as i(webhook_id, event_id, event_type, session_id, external_reference,
+                             payload, kind, our_id, t_session, to_status, customer_id,
+                             payment_method_id, payment_id, failure, from_statuses, amount,
+                             currency, n)),
+m_ours as materialized (
+    select i.n, m.id, m.status from i
+    join mandate m on m.id = coalesce(i.our_id, (select id from mandate where session_id = i.t_session))
+    where i.kind = 'mandate'
+    order by m.id),
+m_moved as (
+    update mandate m set status = i.to_status, session_id = coalesce(m.session_id, i.t_session),
+           customer_id = coalesce(i.customer_id, m.customer_id),
+           payment_method_id = coalesce(i.payment_method_id, m.payment_method_id),
+           payment_id = coalesce(i.payment_id, m.payment_id), failure = coalesce(i.failure, m.failure),
+           locked_until = null, updated_at = now()
+    from m_ours o join i on i.n = o.n
+    where m.id = o.id and m.status = any(string_to_array(i.from_statuses, ','))
+      and (m.session_id is null or m.session_id = i.t_session)
+      and (i.amount is null or m.amount = i.amount) and (i.currency is null or m.currency = i.currency)
+    returning o.n, m.id, o.status as was),
+m_matched as (
+    select o.n from m_ours o join mandate m on m.id = o.id join i on i.n = o.n
+    where (m.session_id is null or m.session_id = i.t_session)
+      and (i.amount is null or m.amount = i.amount) and (i.currency is null or m.currency = i.currency)),
+c_ours as materialized (
+    select i.n, c.id, c.status from i
+    join charge c on c.id = coalesce(i.our_id, (select id from charge where session_id = i.t_session))
+    where i.kind = 'charge'
+    order by c.id),
+c_moved as (
+    update charge c set status = i.to_status, session_id = coalesce(c.session_id, i.t_session),
+           payment_id = coalesce(i.payment_id, c.payment_id),
+           failure = case when i.to_status = 'succeeded' then null else coalesce(i.failure, c.failure) end,
+           review_reason = null, next_attempt_at = null, updated_at = now()
+    from c_ours o join i on i.n = o.n
+    where c.id = o.id and c.status = any(string_to_array(i.from_statuses, ','))
+      and (c.session_id is null or c.session_id = i.t_session)
+      and (i.amount is null or c.amount = i.amount) and (i.currency is null or c.currency = i.currency)
+    returning o.n, c.id, o.status as was),
+c_matched as (
+    select o.n from c_ours o join charge c on c.id = o.id join i on i.n = o.n
+    where (c.session_id is null or c.session_id = i.t_session)
+      and (i.amount is null or c.amount = i.amount) and (i.currency is null or c.currency = i.currency)),
+moved as (select * from m_moved union all select * from c_moved),
+ours as (select n from m_ours union all select n from c_ours),
+matched as (select n from m_matched union all select n from c_matched),
+judged as (
+    select i.*, case when i.kind not in ('mandate', 'charge') then i.kind
+                     when i.n in (select n from moved) or i.n in (select n from matched) then 'applied'
+                     when i.n in (select n from ours) then 'mismatch'
+                     else 'deferred' end as outcome
+    from i),
+stored as (
+    insert into webhook_event (webhook_id, event_id, event_type, session_id,
+                               external_reference, payload, outcome, applied_at)
+    select webhook_id, event_id, event_type, session_id, external_reference, payload, outcome,
+           case when outcome = 'applied' then now() end
+    from judged order by n
+    on conflict (webhook_id) do nothing
+    returning webhook_id, outcome)
+select j.n, s.outcome, m.id, m.was
+from stored s join judged j on j.webhook_id = s.webhook_id
+left join moved m on m.n = j.n";
+
+/// Stores a batch of deliveries in one statement (see [`BATCH`]): for each, in order, what
+/// [`record_one`] would have returned for it alone.
+pub async fn record_batch(
+    conn: impl PgExecutor<'_>,
+    batch: &[&Delivery],
+) -> sqlx::Result<Vec<Option<Recorded>>> {
+    #[derive(Default)]
+    struct Columns<'a> {
+        webhook_id: Vec<&'a str>,
+        event_id: Vec<Option<&'a str>>,
+        event_type: Vec<&'a str>,
+        session_id: Vec<Option<&'a str>>,
+        external_reference: Vec<Option<&'a str>>,
+        payload: Vec<&'a str>,
+        kind: Vec<&'static str>,
+        our_id: Vec<Option<Uuid>>,
+        t_session: Vec<Option<&'a str>>,
+        to_status: Vec<Option<&'static str>>,
+        customer_id: Vec<Option<&'a str>>,
+        payment_method_id: Vec<Option<&'a str>>,
+        payment_id: Vec<Option<&'a str>>,
+        failure: Vec<Option<sqlx::types::Json<&'a serde_json::Value>>>,
+        from_statuses: Vec<Option<String>>,
+        amount: Vec<Option<i64>>,
+        currency: Vec<Option<&'a str>>,
+    }
+    let mut c = Columns::default();
+    for d in batch {
+        c.webhook_id.push(&d.webhook_id);
+        c.event_id.push(d.event_id.as_deref());
+        c.event_type.push(&d.event_type);
+        c.session_id.push(d.session_id.as_deref());
+        c.external_reference.push(d.external_reference.as_deref());
+        c.payload.push(&d.payload);
+        match &d.action {
+            Action::Keep(outcome) => {
+                c.kind.push(outcome.as_str());
+                c.our_id.push(None);
+                c.t_session.push(None);
+                c.to_status.push(None);
+                c.customer_id.push(None);
+                c.payment_method_id.push(None);
+                c.payment_id.push(None);
+                c.failure.push(None);
+                c.from_statuses.push(None);
+                c.amount.push(None);
+                c.currency.push(None);
+            }
+            Action::Apply(effect) => {
+                let (
+                    kind,
+                    t_session,
+                    to,
+                    customer,
+                    method,
+                    payment,
+                    failure,
+                    from,
+                    amount,
+                    currency,
+                ) = match effect.as_ref() {
+                    Effect::Mandate(t) => (
+                        "mandate",
+                        &t.session_id,
+                        t.to.as_str(),
+                        t.customer_id.as_deref(),
+                        t.payment_method_id.as_deref(),
+                        &t.payment_id,
+                        &t.failure,
+                        t.from
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        t.amount,
+                        &t.currency,
+                    ),
+                    Effect::Charge(t) => (
+                        "charge",
+                        &t.session_id,
+                        t.to.as_str(),
+                        None,
+                        None,
+                        &t.payment_id,
+                        &t.failure,
+                        t.from
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        t.amount,
+                        &t.currency,
+                    ),
+                };
+                c.kind.push(kind);
+                c.our_id.push(d.our_id());
+                c.t_session.push(Some(t_session));
+                c.to_status.push(Some(to));
+                c.customer_id.push(customer);
+                c.payment_method_id.push(method);
+                c.payment_id.push(payment.as_deref());
+                c.failure.push(failure.as_ref().map(sqlx::types::Json));
+                c.from_statuses.push(Some(from));
+                c.amount.push(amount);
+                c.currency.push(currency.as_deref());
+            }
+        }
+    }
+    let rows: Vec<(i64, String, Option<Uuid>, Option<String>)> = sqlx::query_as(BATCH)
+        .bind(&c.webhook_id)
+        .bind(&c.event_id)
+        .bind(&c.event_type)
+        .bind(&c.session_id)
+        .bind(&c.external_reference)
+        .bind(&c.payload)
+        .bind(&c.kind)
+        .bind(&c.our_id)
+        .bind(&c.t_session)
+        .bind(&c.to_status)
+        .bind(&c.customer_id)
+        .bind(&c.payment_method_id)
+        .bind(&c.payment_id)
+        .bind(&c.failure)
+        .bind(&c.from_statuses)
+        .bind(&c.amount)
+        .bind(&c.currency)
+        .fetch_all(conn)
+        .await?;
+    let mut out: Vec<Option<Recorded>> = vec![None; batch.len()];
+    for (n, outcome, moved, was) in rows {
+        if let Some(slot) = usize::try_from(n).ok().and_then(|n| out.get_mut(n - 1)) {
+            *slot = Some(Recorded {
+                outcome: Outcome::parse(&outcome),
+                moved,
+                was,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// A deferred event waiting for its session.
 #[derive(Debug, sqlx::FromRow)]
 pub struct Deferred {

@@ -5,8 +5,9 @@ use uuid::Uuid;
 
 use crate::domain::Effect;
 use crate::moment::wire::{Event, Session};
-use crate::store::webhook_events::{self, NewEvent, Outcome};
+use crate::store::webhook_events::{self, Action, Delivery, Outcome};
 use crate::store::{charges, mandates};
+use crate::workflow::ingest::Ingest;
 
 /// What applying an effect did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,30 +92,15 @@ pub enum Receipt {
     Duplicate,
 }
 
-/// Stores a verified delivery once (by `webhook-id`) and applies it, in one statement.
+/// What storing a verified delivery asks: kept as it is, or applied to the record it names.
 /// `mode` is our key's (`live` or `test`): an event of the other mode moves nothing.
-pub async fn receive(
-    db: &PgPool,
-    webhook_id: &str,
-    payload: &str,
-    event: &Event,
-    mode: &str,
-) -> sqlx::Result<Receipt> {
+pub fn delivery(webhook_id: &str, payload: String, event: &Event, mode: &str) -> Delivery {
     let carried = carried(event);
     let session = match &carried {
         Carried::Session(s) => Some(s.as_ref()),
         _ => None,
     };
-    let new = NewEvent {
-        webhook_id,
-        event_id: event.id.as_deref(),
-        event_type: &event.kind,
-        session_id: session.map(|s| s.id.as_str()),
-        external_reference: session.and_then(|s| s.external_reference.as_deref()),
-        payload,
-    };
-    let effect = session.and_then(Effect::of);
-    let recorded = match (&carried, effect) {
+    let action = match (&carried, session.and_then(Effect::of)) {
         (Carried::Unreadable(reason), _) => {
             tracing::warn!(
                 webhook_id,
@@ -122,28 +108,51 @@ pub async fn receive(
                 reason,
                 "a verified event's session cannot be read; stored as unreadable"
             );
-            webhook_events::record_unapplied(db, &new, Outcome::Unreadable).await?
+            Action::Keep(Outcome::Unreadable)
         }
         (Carried::Session(s), Some(_)) if s.mode.as_deref().is_some_and(|m| m != mode) => {
-            webhook_events::record_unapplied(db, &new, Outcome::Mismatch).await?
+            Action::Keep(Outcome::Mismatch)
         }
-        (_, None) => webhook_events::record_unapplied(db, &new, Outcome::Ignored).await?,
-        (_, Some(effect)) => webhook_events::record(db, &new, &effect).await?,
+        (_, None) => Action::Keep(Outcome::Ignored),
+        (_, Some(effect)) => Action::Apply(Box::new(effect)),
     };
+    Delivery {
+        webhook_id: webhook_id.to_owned(),
+        event_id: event.id.clone(),
+        event_type: event.kind.clone(),
+        session_id: session.map(|s| s.id.clone()),
+        external_reference: session.and_then(|s| s.external_reference.clone()),
+        payload,
+        action,
+    }
+}
+
+/// Stores a verified delivery once (by `webhook-id`) and applies it: one statement, shared
+/// with the deliveries that arrive beside it (see [`Ingest`]).
+pub async fn receive(ingest: &Ingest, delivery: Delivery) -> sqlx::Result<Receipt> {
+    let webhook_id = delivery.webhook_id.clone();
+    let event_type = delivery.event_type.clone();
+    let charge_to = match &delivery.action {
+        Action::Apply(e) => match e.as_ref() {
+            Effect::Charge(t) => Some(t.to.as_str()),
+            Effect::Mandate(_) => None,
+        },
+        Action::Keep(_) => None,
+    };
+    let recorded = ingest.store(delivery).await?;
     Ok(match recorded {
         None => Receipt::Duplicate,
         Some(r) => {
             if let Some(id) = r.moved {
-                if let (Some(was), Some(Effect::Charge(t))) = (&r.was, session.and_then(Effect::of))
-                {
-                    paid_after_failure(id, was, t.to.as_str());
+                if let (Some(was), Some(to)) = (&r.was, charge_to) {
+                    paid_after_failure(id, was, to);
                 }
-                tracing::info!(record_id = %id, event_type = event.kind, "moved by webhook");
+                tracing::info!(record_id = %id, event_type, "moved by webhook");
             }
             if r.outcome == Outcome::Mismatch {
                 tracing::warn!(
                     webhook_id,
-                    event_type = event.kind,
+                    event_type,
                     "the event names a record of ours it does not match (session, mode, amount or currency); not applied"
                 );
             }
