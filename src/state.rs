@@ -53,7 +53,7 @@ pub struct AppState {
     /// What billing reads the time from (a test clock in `dev` and the tests).
     pub clock: crate::clock::Clock,
     /// Moment's webhooks are stored through this, in batches (group commit).
-    pub ingest: crate::workflow::ingest::Ingest,
+    pub ingest: crate::store::ingest::Ingest,
 }
 
 impl FromRef<AppState> for Arc<ApiKeys> {
@@ -77,7 +77,7 @@ impl AppState {
             retry,
         )?;
         let secrets: Vec<WebhookSecret> = std::mem::take(&mut config.webhook_secrets);
-        let ingest = crate::workflow::ingest::Ingest::start(db.clone());
+        let ingest = crate::store::ingest::Ingest::start(db.clone());
         Ok(Self {
             db,
             moment,

@@ -154,9 +154,26 @@ pub async fn begin_send(
     lease_secs: f64,
     window_secs: f64,
 ) -> sqlx::Result<Option<Charge>> {
+    let begun = begin_sends(conn, &[(id, token)], lease_secs, window_secs).await?;
+    Ok(begun.into_iter().next())
+}
+
+/// [`begin_send`] for a batch of charges, `(id, lease token)` each, in one statement: those
+/// that may be sent now, with their lease renewed and the send counted. The charges are
+/// locked first, in the order of their ids, as every statement that locks several does.
+pub async fn begin_sends(
+    conn: impl PgExecutor<'_>,
+    held: &[(Uuid, Uuid)],
+    lease_secs: f64,
+    window_secs: f64,
+) -> sqlx::Result<Vec<Charge>> {
+    let (ids, tokens): (Vec<Uuid>, Vec<Uuid>) = held.iter().copied().unzip();
     sqlx::query_as(
-        "update charge c set locked_until = now() + make_interval(secs => $3), sends = sends + 1
-         where c.id = $1 and c.lease_token = $2 and c.status = 'pending'
+        "with b as (select * from unnest($1::uuid[], $2::uuid[]) as b(id, token)),
+         locked as (select c.id from charge c join b on c.id = b.id order by c.id for update of c)
+         update charge c set locked_until = now() + make_interval(secs => $3), sends = sends + 1
+         from b join locked l on l.id = b.id
+         where c.id = b.id and c.lease_token = b.token and c.status = 'pending'
            and c.created_at > now() - make_interval(secs => $4)
            and exists (select 1 from mandate m where m.id = c.mandate_id and m.status = 'active')
            -- A scheduled charge never sent is not sent once its subscription has ended (one
@@ -164,13 +181,13 @@ pub async fn begin_send(
            and (c.sends > 0 or c.subscription_id is null
                 or exists (select 1 from subscription s where s.id = c.subscription_id
                            and s.status in ('active', 'past_due')))
-         returning *",
+         returning c.*",
     )
-    .bind(id)
-    .bind(token)
+    .bind(&ids)
+    .bind(&tokens)
     .bind(lease_secs)
     .bind(window_secs)
-    .fetch_optional(conn)
+    .fetch_all(conn)
     .await
 }
 
@@ -465,6 +482,9 @@ pub async fn record_scheduled(
              select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[],
                                   $6::uuid[], $7::int[], $8::timestamptz[])
                  as b(id, token, session_id, payment_id, sub, sub_token, next_period, next_at)),
+         locked as (
+             select charge.id from charge join b on charge.id = b.id
+             order by charge.id for update of charge),
          c as (
              update charge set session_id = b.session_id,
                     payment_id = coalesce(charge.payment_id, b.payment_id),
@@ -472,7 +492,8 @@ pub async fn record_scheduled(
                                   else charge.status end,
                     attempts = attempts + 1, locked_until = null, lease_token = null,
                     next_attempt_at = null, updated_at = now()
-             from b where charge.id = b.id and charge.lease_token = b.token
+             from b join locked l on l.id = b.id
+             where charge.id = b.id and charge.lease_token = b.token
              returning charge.id, charge.session_id),
          s as (
              update subscription set open_charge_id = b.id, next_period = b.next_period,

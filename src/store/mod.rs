@@ -1,5 +1,5 @@
 //! SQL, one file per table. Functions take `impl PgExecutor` so they run on the pool or
-//! inside a transaction.
+//! inside a transaction. `ingest` is the writer that stores Moment's webhooks in batches.
 
 /// A mandate or charge whose Moment session was just recorded.
 #[derive(Debug, sqlx::FromRow)]
@@ -13,6 +13,7 @@ pub struct Recorded<T> {
 pub mod charges;
 pub mod deliveries;
 pub mod events;
+pub mod ingest;
 pub mod mandates;
 pub mod subscriptions;
 pub mod webhook_endpoints;

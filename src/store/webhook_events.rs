@@ -290,9 +290,9 @@ pub async fn record_one(conn: impl PgExecutor<'_>, d: &Delivery) -> sqlx::Result
 /// [`MANDATE_WEBHOOK`] and [`CHARGE_WEBHOOK`] for a batch of deliveries, in one statement and
 /// so one commit: the deliveries arrive as arrays, one element each (`n` is the position, from
 /// 1). Each record moves as it would alone (the same forward-only update and the same
-/// outcome); the records are locked in the order of their ids, the order
-/// `charges::record_scheduled` locks charges in, so two batches never wait on each other in a
-/// circle. The caller keeps `webhook-id`s, sessions and our ids unique within a batch.
+/// outcome); the records are locked first, in the order of their ids (`for update` after
+/// `order by`), the order every statement that locks several charges takes them in, so two
+/// batches never wait on each other in a circle. The caller keeps `webhook-id`s, sessions and our ids unique within a batch.
 const BATCH: &str = "with i as (
     select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                          $7::text[], $8::uuid[], $9::text[], $10::text[], $11::text[], $12::text[],
@@ -305,7 +305,8 @@ m_ours as materialized (
     select i.n, m.id, m.status from i
     join mandate m on m.id = coalesce(i.our_id, (select id from mandate where session_id = i.t_session))
     where i.kind = 'mandate'
-    order by m.id),
+    order by m.id
+    for update of m),
 m_moved as (
     update mandate m set status = i.to_status, session_id = coalesce(m.session_id, i.t_session),
            customer_id = coalesce(i.customer_id, m.customer_id),
@@ -325,7 +326,8 @@ c_ours as materialized (
     select i.n, c.id, c.status from i
     join charge c on c.id = coalesce(i.our_id, (select id from charge where session_id = i.t_session))
     where i.kind = 'charge'
-    order by c.id),
+    order by c.id
+    for update of c),
 c_moved as (
     update charge c set status = i.to_status, session_id = coalesce(c.session_id, i.t_session),
            payment_id = coalesce(i.payment_id, c.payment_id),

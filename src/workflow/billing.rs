@@ -79,44 +79,49 @@ pub async fn charge(
         .into_iter()
         .partition(|s| made.iter().any(|c| c.subscription_id == Some(s.id)));
     left.extend(rest);
+    let held: Vec<(Charge, Uuid, Subscription)> = made
+        .into_iter()
+        .filter_map(|charge| {
+            let sub = fast.iter().find(|s| Some(s.id) == charge.subscription_id)?;
+            let held = batch.iter().find(|b| b.id == charge.id)?;
+            Some((charge, held.lease_token, sub.clone()))
+        })
+        .collect();
+    // The batch's slots in one acquisition (a chunk never holds some while it waits for the
+    // rest), then, right before the calls, as every send: the leases renewed, the sends
+    // counted, and each charge still sendable (pending, its mandate active, its subscription
+    // live), for the whole batch in one statement.
+    let mut permits = Arc::clone(slots)
+        .acquire_many_owned(held.len() as u32)
+        .await
+        .ok();
+    let pairs: Vec<(Uuid, Uuid)> = held.iter().map(|(c, t, _)| (c.id, *t)).collect();
+    let begun = charges::begin_sends(&state.db, &pairs, lease, RESEND_WINDOW_SECS).await?;
     let mut calls = tokio::task::JoinSet::new();
-    for charge in made {
-        let Some(sub) = fast.iter().find(|s| Some(s.id) == charge.subscription_id) else {
+    let mut unanswered: Vec<(Charge, Uuid, Subscription)> = Vec::new();
+    for (charge, lease_token, sub) in held {
+        let permit = permits.as_mut().and_then(|p| p.split(1));
+        let Some(c) = begun.iter().find(|c| c.id == charge.id).cloned() else {
+            unanswered.push((charge, lease_token, sub));
             continue;
         };
-        let Some(held) = batch.iter().find(|b| b.id == charge.id) else {
-            continue;
-        };
-        let (state, permit) = (state.clone(), Arc::clone(slots).acquire_owned().await);
-        let (sub, lease_token) = (sub.clone(), held.lease_token);
+        let state = state.clone();
         calls.spawn(async move {
             let _permit = permit;
-            // Right before the call, as every send: the lease renewed, the send counted, and
-            // the charge still sendable (pending, its mandate active, its subscription live).
-            let lease = send_lease_secs(&state);
-            let begun =
-                charges::begin_send(&state.db, charge.id, lease_token, lease, RESEND_WINDOW_SECS)
-                    .await;
-            let answer = match begun {
-                Ok(Some(c)) => Some(
-                    state
-                        .moment
-                        .create_session_once(&session_request(&c), &c.id.to_string())
-                        .await,
-                ),
-                _ => None,
-            };
+            let answer = state
+                .moment
+                .create_session_once(&session_request(&c), &c.id.to_string())
+                .await;
             (charge, lease_token, sub, answer)
         });
     }
     let mut answered: Vec<(Charge, Uuid, Subscription, Session)> = Vec::new();
-    let mut unanswered: Vec<(Charge, Uuid, Subscription)> = Vec::new();
     while let Some(joined) = calls.join_next().await {
         let Ok((charge, lease_token, sub, answer)) = joined else {
             continue;
         };
         match answer {
-            Some(Attempt::Session { session, .. })
+            Attempt::Session { session, .. }
                 if mismatch(&charge, &session, state.moment.mode()).is_none() =>
             {
                 answered.push((charge, lease_token, sub, session));

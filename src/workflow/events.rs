@@ -5,9 +5,9 @@ use uuid::Uuid;
 
 use crate::domain::Effect;
 use crate::moment::wire::{Event, Session};
+use crate::store::ingest::Ingest;
 use crate::store::webhook_events::{self, Action, Delivery, Outcome};
 use crate::store::{charges, mandates};
-use crate::workflow::ingest::Ingest;
 
 /// What applying an effect did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,6 @@
 pub mod billing;
 pub mod charges;
 pub mod events;
-pub mod ingest;
 pub mod mandates;
 pub mod outbound;
 pub mod scheduler;
