@@ -170,7 +170,7 @@ pub async fn begin_sends(
     let (ids, tokens): (Vec<Uuid>, Vec<Uuid>) = held.iter().copied().unzip();
     sqlx::query_as(
         "with b as (select * from unnest($1::uuid[], $2::uuid[]) as b(id, token)),
-         locked as (select c.id from charge c join b on c.id = b.id order by c.id for update of c)
+         locked as (select c.id from charge c join b on c.id = b.id order by c.id for no key update of c)
          update charge c set locked_until = now() + make_interval(secs => $3), sends = sends + 1
          from b join locked l on l.id = b.id
          where c.id = b.id and c.lease_token = b.token and c.status = 'pending'
@@ -484,7 +484,7 @@ pub async fn record_scheduled(
                  as b(id, token, session_id, payment_id, sub, sub_token, next_period, next_at)),
          locked as (
              select charge.id from charge join b on charge.id = b.id
-             order by charge.id for update of charge),
+             order by charge.id for no key update of charge),
          c as (
              update charge set session_id = b.session_id,
                     payment_id = coalesce(charge.payment_id, b.payment_id),

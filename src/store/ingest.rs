@@ -77,7 +77,8 @@ fn keys(d: &Delivery) -> impl Iterator<Item = String> + '_ {
 }
 
 /// A batch being filled: deliveries in their order of arrival, none sharing a key with
-/// another; those that do wait for a later batch, in their order.
+/// another; those that do wait for a later batch, in their order, and so does every later
+/// delivery that shares a key with one waiting.
 struct Filling<T> {
     batch: Vec<(Delivery, T)>,
     later: VecDeque<(Delivery, T)>,
@@ -94,8 +95,10 @@ impl<T> Filling<T> {
     }
 
     fn admit(&mut self, job: (Delivery, T)) {
-        if self.batch.len() < MAX_BATCH && keys(&job.0).all(|k| !self.taken.contains(&k)) {
-            self.taken.extend(keys(&job.0));
+        let free = keys(&job.0).all(|k| !self.taken.contains(&k));
+        // A delivery held back keeps its keys taken too, so that none sharing one overtakes it.
+        self.taken.extend(keys(&job.0));
+        if self.batch.len() < MAX_BATCH && free {
             self.batch.push(job);
         } else {
             self.later.push_back(job);
@@ -139,8 +142,8 @@ async fn write(db: PgPool, mut queue: mpsc::Receiver<(Delivery, Reply)>) {
 
 /// Stores a batch and answers each of its requests.
 async fn commit(db: &PgPool, batch: Vec<(Delivery, Reply)>) {
-    crate::metrics::webhook_commit();
     if let [(delivery, _)] = batch.as_slice() {
+        crate::metrics::webhook_commit();
         let result = webhook_events::record_one(db, delivery).await;
         if let Some((_, reply)) = batch.into_iter().next() {
             let _ = reply.send(result);
@@ -150,18 +153,30 @@ async fn commit(db: &PgPool, batch: Vec<(Delivery, Reply)>) {
     let deliveries: Vec<&Delivery> = batch.iter().map(|(d, _)| d).collect();
     match webhook_events::record_batch(db, &deliveries).await {
         Ok(results) => {
+            crate::metrics::webhook_commit();
             for ((_, reply), result) in batch.into_iter().zip(results) {
                 let _ = reply.send(Ok(result));
             }
         }
-        Err(e) => {
+        // Postgres refused the statement (a deadlock with other work, say): one delivery
+        // cannot fail the others, so each is stored alone.
+        Err(sqlx::Error::Database(e)) => {
             tracing::warn!(
                 deliveries = batch.len(),
                 error = %e,
                 "a batch of webhooks could not be stored together; storing them one by one"
             );
             for (delivery, reply) in batch {
+                crate::metrics::webhook_commit();
                 let _ = reply.send(webhook_events::record_one(db, &delivery).await);
+            }
+        }
+        // Postgres unreachable: every request of the batch gets its 503 now, not one after
+        // another's timeout.
+        Err(e) => {
+            let reason = e.to_string();
+            for (_, reply) in batch {
+                let _ = reply.send(Err(sqlx::Error::Protocol(reason.clone())));
             }
         }
     }
@@ -217,18 +232,20 @@ mod tests {
             delivery("w4", None, None),
             delivery("w5", Some("ps_c"), Some(2)),
             delivery("w6", Some("ps_a"), Some(1)),
+            // Shares only its session with w3, which waits: it waits behind it.
+            delivery("w7", Some("ps_b"), None),
         ] {
             f.admit((d, ()));
         }
         assert_eq!(ids(&f.batch), ["w1", "w4", "w5"]);
-        assert_eq!(ids(&f.later), ["w2", "w3", "w1", "w6"]);
+        assert_eq!(ids(&f.later), ["w2", "w3", "w1", "w6", "w7"]);
         // The next batch takes them in their order, again one per session.
         let mut next = Filling::new();
         for job in f.later {
             next.admit(job);
         }
         assert_eq!(ids(&next.batch), ["w2", "w3", "w1"]);
-        assert_eq!(ids(&next.later), ["w6"]);
+        assert_eq!(ids(&next.later), ["w6", "w7"]);
     }
 
     #[test]

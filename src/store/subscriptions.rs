@@ -277,16 +277,7 @@ pub async fn settle(
     now: OffsetDateTime,
 ) -> sqlx::Result<()> {
     let q = match how {
-        Settle::Paid { finished } => sqlx::query(
-            "update subscription set open_charge_id = null, dunning_period = null,
-                    dunning_failures = 0, dunning_since = null, retry_at = null, last_failure = null,
-                    status = case when $2 then 'finished'
-                                  when status = 'past_due' then 'active' else status end,
-                    updated_at = now()
-             where id = $1",
-        )
-        .bind(id)
-        .bind(*finished),
+        Settle::Paid { finished } => return settle_paid(conn, &[(id, *finished)]).await,
         Settle::Retry {
             period,
             since,
@@ -321,6 +312,29 @@ pub async fn settle(
         .bind(id),
     };
     q.execute(conn).await?;
+    Ok(())
+}
+
+/// [`settle`] with [`Settle::Paid`] for many subscriptions in one statement: `(id,
+/// finished)` each.
+pub async fn settle_paid(conn: impl PgExecutor<'_>, paid: &[(Uuid, bool)]) -> sqlx::Result<()> {
+    if paid.is_empty() {
+        return Ok(());
+    }
+    let (ids, finished): (Vec<Uuid>, Vec<bool>) = paid.iter().copied().unzip();
+    sqlx::query(
+        "update subscription s set open_charge_id = null, dunning_period = null,
+                dunning_failures = 0, dunning_since = null, retry_at = null, last_failure = null,
+                status = case when p.finished then 'finished'
+                              when s.status = 'past_due' then 'active' else s.status end,
+                updated_at = now()
+         from unnest($1::uuid[], $2::bool[]) as p(id, finished)
+         where s.id = p.id",
+    )
+    .bind(&ids)
+    .bind(&finished)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -69,6 +69,9 @@ async fn settle(state: &AppState, now: OffsetDateTime) -> sqlx::Result<usize> {
         if outcomes.is_empty() {
             return Ok(done);
         }
+        // Paid periods (the many on the first of the month) in one statement; the rest one
+        // at a time.
+        let mut paid = Vec::new();
         for o in &outcomes {
             let s = &o.subscription;
             let failure = o.charge_failure.as_ref().map(|f| &f.0);
@@ -101,8 +104,12 @@ async fn settle(state: &AppState, now: OffsetDateTime) -> sqlx::Result<usize> {
             } else {
                 failure
             };
-            store::settle(&mut *tx, s.id, &how, failure, now).await?;
+            match how {
+                Settle::Paid { finished } => paid.push((s.id, finished)),
+                how => store::settle(&mut *tx, s.id, &how, failure, now).await?,
+            }
         }
+        store::settle_paid(&mut *tx, &paid).await?;
         tx.commit().await?;
         done += outcomes.len();
     }
