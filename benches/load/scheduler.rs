@@ -118,9 +118,15 @@ async fn measure(
         bail!("no active mandate to subscribe");
     }
     let per_mandate = (n as i64 + mandates - 1) / mandates;
+    // Monthly from today (in Johannesburg), period 0 due now: one charge each in this run,
+    // the next a month on (an anchor in the past would make every missed month due at once).
+    let today = time::OffsetDateTime::now_utc()
+        .to_offset(time::macros::offset!(+2))
+        .date();
     let schedule = serde_json::json!({
-        "unit": "month", "every": 1, "day_of_month": 1, "start_date": "2026-01-01",
-        "charge_time": "09:00", "time_zone": "Africa/Johannesburg", "utc_offset": "+02:00"
+        "unit": "month", "every": 1, "day_of_month": today.day(),
+        "start_date": today.to_string(), "charge_time": "09:00",
+        "time_zone": "Africa/Johannesburg", "utc_offset": "+02:00"
     });
     // Postgres counts a backend's commits when it flushes its statistics: at once while busy,
     // within 10 s once idle. Read only when every backend has flushed.

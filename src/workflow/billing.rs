@@ -87,33 +87,42 @@ pub async fn charge(
             Some((charge, held.lease_token, sub.clone()))
         })
         .collect();
-    // The batch's slots in one acquisition (a chunk never holds some while it waits for the
-    // rest), then, right before the calls, as every send: the leases renewed, the sends
-    // counted, and each charge still sendable (pending, its mandate active, its subscription
-    // live), for the whole batch in one statement.
-    let mut permits = Arc::clone(slots)
-        .acquire_many_owned(held.len() as u32)
-        .await
-        .ok();
-    let pairs: Vec<(Uuid, Uuid)> = held.iter().map(|(c, t, _)| (c.id, *t)).collect();
-    let begun = charges::begin_sends(&state.db, &pairs, lease, RESEND_WINDOW_SECS).await?;
+    // Sent as slots free up: each time, one slot awaited and whatever others are free at once,
+    // then, right before those calls, as every send: the leases renewed, the sends counted,
+    // and each charge still sendable (pending, its mandate active, its subscription live),
+    // for the group in one statement. A slot is never held while waiting for another.
     let mut calls = tokio::task::JoinSet::new();
     let mut unanswered: Vec<(Charge, Uuid, Subscription)> = Vec::new();
-    for (charge, lease_token, sub) in held {
-        let permit = permits.as_mut().and_then(|p| p.split(1));
-        let Some(c) = begun.iter().find(|c| c.id == charge.id).cloned() else {
-            unanswered.push((charge, lease_token, sub));
-            continue;
-        };
-        let state = state.clone();
-        calls.spawn(async move {
-            let _permit = permit;
-            let answer = state
-                .moment
-                .create_session_once(&session_request(&c), &c.id.to_string())
-                .await;
-            (charge, lease_token, sub, answer)
-        });
+    let mut queue = std::collections::VecDeque::from(held);
+    while !queue.is_empty() {
+        let mut permits = vec![Arc::clone(slots).acquire_owned().await.ok()];
+        while permits.len() < queue.len() {
+            match Arc::clone(slots).try_acquire_owned() {
+                Ok(p) => permits.push(Some(p)),
+                Err(_) => break,
+            }
+        }
+        let group: Vec<_> = queue.drain(..permits.len()).collect();
+        let pairs: Vec<(Uuid, Uuid)> = group.iter().map(|(c, t, _)| (c.id, *t)).collect();
+        // Not checked (Postgres unavailable, say): the one-at-a-time path finds out.
+        let begun = charges::begin_sends(&state.db, &pairs, lease, RESEND_WINDOW_SECS)
+            .await
+            .unwrap_or_default();
+        for ((charge, lease_token, sub), permit) in group.into_iter().zip(permits) {
+            let Some(c) = begun.iter().find(|c| c.id == charge.id).cloned() else {
+                unanswered.push((charge, lease_token, sub));
+                continue;
+            };
+            let state = state.clone();
+            calls.spawn(async move {
+                let _permit = permit;
+                let answer = state
+                    .moment
+                    .create_session_once(&session_request(&c), &c.id.to_string())
+                    .await;
+                (charge, lease_token, sub, answer)
+            });
+        }
     }
     let mut answered: Vec<(Charge, Uuid, Subscription, Session)> = Vec::new();
     while let Some(joined) = calls.join_next().await {
