@@ -128,17 +128,16 @@ async fn measure(
         "start_date": today.to_string(), "charge_time": "09:00",
         "time_zone": "Africa/Johannesburg", "utc_offset": "+02:00"
     });
-    // Postgres counts a backend's commits when it flushes its statistics: at once while busy,
-    // within 10 s once idle. Read only when every backend has flushed.
-    tokio::time::sleep(FLUSH).await;
-    let xacts_before = xacts(db).await?;
-    let cpu_before = Cpu::now(pid, service.sim_pid);
-    let started = Instant::now();
-    // Due now, all of them: the first of the month.
+    // Due together at one moment a little ahead, so that Postgres has statistics for them
+    // first (as autovacuum's analyze would give a database that has had them for a while)
+    // and the counters below start from a quiet database.
+    let due_in = FLUSH + Duration::from_secs(5);
+    let due_at = time::OffsetDateTime::now_utc() + due_in;
+    let due = Instant::now() + due_in;
     sqlx::query(&format!(
         "insert into subscription (id, mandate_id, amount, currency, schedule, request_hash,
                                    next_period, next_charge_at, notified_period)
-         select gen_random_uuid(), m.id, 100, m.currency, $1, 'bench', 0, now(), 0
+         select gen_random_uuid(), m.id, 100, m.currency, $1, 'bench', 0, $4, 0
          from mandate m cross join generate_series(1, $2)
          where {KNOWN_TO_MOMENT}
          limit $3"
@@ -146,8 +145,20 @@ async fn measure(
     .bind(&schedule)
     .bind(per_mandate)
     .bind(n as i64)
+    .bind(due_at)
     .execute(db)
     .await?;
+    sqlx::query("analyze subscription, charge, mandate")
+        .execute(db)
+        .await?;
+    // Postgres counts a backend's commits when it flushes its statistics: at once while busy,
+    // within 10 s once idle. Read only when every backend has flushed.
+    tokio::time::sleep(FLUSH).await;
+    let xacts_before = xacts(db).await?;
+    let cpu_before = Cpu::now(pid, service.sim_pid);
+    tokio::time::sleep_until(due.into()).await;
+    // The first of the month.
+    let started = Instant::now();
     // Progress, once a second (a count is a scan: more often, it would weigh on the run).
     let count = || async {
         sqlx::query_as::<_, (i64, i64)>(
