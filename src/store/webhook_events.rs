@@ -292,7 +292,8 @@ pub async fn record_one(conn: impl PgExecutor<'_>, d: &Delivery) -> sqlx::Result
 /// 1). Each record moves as it would alone (the same forward-only update and the same
 /// outcome); the records are locked first, in the order of their ids (`for no key update`,
 /// the lock an update takes, after `order by`), the order the scheduler's batches lock charges
-/// in, so that they and the webhooks' batches never wait on each other in a circle. The caller keeps `webhook-id`s, sessions and our ids unique within a batch.
+/// in, so that they and the webhooks' batches never wait on each other in a circle. The caller
+/// keeps `webhook-id`s, sessions and our ids unique within a batch.
 const BATCH: &str = "with i as (
     select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                          $7::text[], $8::uuid[], $9::text[], $10::text[], $11::text[], $12::text[],
