@@ -191,6 +191,21 @@ pub async fn begin_sends(
     .await
 }
 
+/// Takes back the send [`begin_sends`] counted for a charge that was then not sent (it waited
+/// too long for its turn and is to be checked again), by its lease's holder `token`. False
+/// when the lease is not held, or the charge is no longer pending.
+pub async fn unbegin_send(conn: impl PgExecutor<'_>, id: Uuid, token: Uuid) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "update charge set sends = sends - 1
+         where id = $1 and lease_token = $2 and status = 'pending' and sends > 0",
+    )
+    .bind(id)
+    .bind(token)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Extends the lease of its holder `token` to `secs` from now (before waiting out a
 /// `Retry-After`), so that nobody else sends meanwhile. False when the lease is not held.
 pub async fn hold(

@@ -10,6 +10,7 @@
 //! Moment's idempotency key, and written only by the holder of its lease.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -21,6 +22,21 @@ use crate::moment::wire::{Session, SessionStatus};
 use crate::state::AppState;
 use crate::store::charges::{self, Accepted, Scheduled};
 use crate::store::{mandates, subscriptions};
+
+/// The longest a charge may wait for its slot after its check; past it, it is checked again.
+const FRESH: Duration = Duration::from_millis(250);
+
+/// A recorded charge waiting to be sent: the charge, its lease token, its subscription.
+type Held = (Charge, Uuid, Subscription);
+
+/// A group's check under way: the group, and those of it that may be sent now.
+type Check = std::pin::Pin<Box<dyn Future<Output = (Vec<Held>, Vec<Charge>)> + Send>>;
+
+/// What the send loop waited for.
+enum Next {
+    Checked((Vec<Held>, Vec<Charge>)),
+    Slot(Option<tokio::sync::OwnedSemaphorePermit>),
+}
 
 /// What a batch came to: charges made, and the subscriptions left to the one-at-a-time path.
 pub struct Batch {
@@ -87,41 +103,76 @@ pub async fn charge(
             Some((charge, held.lease_token, sub.clone()))
         })
         .collect();
-    // Sent as slots free up: each time, one slot awaited and whatever others are free at once,
-    // then, right before those calls, as every send: the leases renewed, the sends counted,
-    // and each charge still sendable (pending, its mandate active, its subscription live),
-    // for the group in one statement. A slot is never held while waiting for another.
+    // Checked a group at a time ahead of the slots, while the calls before them are out: the
+    // leases renewed, the sends counted, and each charge still sendable (pending, its mandate
+    // active, its subscription live), for the group in one statement. Each checked charge is
+    // sent as soon as a slot frees up; one that waited longer than `FRESH` has its send taken
+    // back and is checked again, so that no charge goes out on a check older than that.
+    let ahead = (state.settings.billing.concurrency / 8).max(1);
     let mut calls = tokio::task::JoinSet::new();
     let mut unanswered: Vec<(Charge, Uuid, Subscription)> = Vec::new();
     let mut queue = std::collections::VecDeque::from(held);
-    while !queue.is_empty() {
-        let mut permits = vec![Arc::clone(slots).acquire_owned().await.ok()];
-        while permits.len() < queue.len() {
-            match Arc::clone(slots).try_acquire_owned() {
-                Ok(p) => permits.push(Some(p)),
-                Err(_) => break,
-            }
+    let mut checked: std::collections::VecDeque<(Charge, Held, Instant)> = Default::default();
+    let mut checking: Option<Check> = None;
+    loop {
+        if checking.is_none() && checked.len() < ahead && !queue.is_empty() {
+            let n = (ahead - checked.len()).min(queue.len());
+            let group: Vec<Held> = queue.drain(..n).collect();
+            let db = state.db.clone();
+            checking = Some(Box::pin(async move {
+                let pairs: Vec<(Uuid, Uuid)> = group.iter().map(|(c, t, _)| (c.id, *t)).collect();
+                // Not checked (Postgres unavailable, say): the one-at-a-time path finds out.
+                let begun = charges::begin_sends(&db, &pairs, lease, RESEND_WINDOW_SECS)
+                    .await
+                    .unwrap_or_default();
+                (group, begun)
+            }));
         }
-        let group: Vec<_> = queue.drain(..permits.len()).collect();
-        let pairs: Vec<(Uuid, Uuid)> = group.iter().map(|(c, t, _)| (c.id, *t)).collect();
-        // Not checked (Postgres unavailable, say): the one-at-a-time path finds out.
-        let begun = charges::begin_sends(&state.db, &pairs, lease, RESEND_WINDOW_SECS)
-            .await
-            .unwrap_or_default();
-        for ((charge, lease_token, sub), permit) in group.into_iter().zip(permits) {
-            let Some(c) = begun.iter().find(|c| c.id == charge.id).cloned() else {
-                unanswered.push((charge, lease_token, sub));
-                continue;
-            };
-            let state = state.clone();
-            calls.spawn(async move {
-                let _permit = permit;
-                let answer = state
-                    .moment
-                    .create_session_once(&session_request(&c), &c.id.to_string())
-                    .await;
-                (charge, lease_token, sub, answer)
-            });
+        if checking.is_none() && checked.is_empty() {
+            break;
+        }
+        let next = tokio::select! {
+            done = async { checking.as_mut().expect("a check under way").await }, if checking.is_some() => {
+                Next::Checked(done)
+            }
+            permit = Arc::clone(slots).acquire_owned(), if !checked.is_empty() => Next::Slot(permit.ok()),
+        };
+        match next {
+            Next::Checked((group, begun)) => {
+                checking = None;
+                let at = Instant::now();
+                for held in group {
+                    match begun.iter().find(|c| c.id == held.0.id) {
+                        Some(c) => checked.push_back((c.clone(), held, at)),
+                        None => unanswered.push(held),
+                    }
+                }
+            }
+            Next::Slot(permit) => {
+                let Some((c, held, at)) = checked.pop_front() else {
+                    continue;
+                };
+                if at.elapsed() > FRESH {
+                    // Not sent: the count taken back (else a charge never sent would read as
+                    // one whose outcome is unknown), and checked again.
+                    drop(permit);
+                    match charges::unbegin_send(&state.db, c.id, held.1).await {
+                        Ok(true) => queue.push_front(held),
+                        _ => unanswered.push(held),
+                    }
+                    continue;
+                }
+                let state = state.clone();
+                calls.spawn(async move {
+                    let _permit = permit;
+                    let (charge, lease_token, sub) = held;
+                    let answer = state
+                        .moment
+                        .create_session_once(&session_request(&c), &c.id.to_string())
+                        .await;
+                    (charge, lease_token, sub, answer)
+                });
+            }
         }
     }
     let mut answered: Vec<(Charge, Uuid, Subscription, Session)> = Vec::new();

@@ -570,6 +570,13 @@ async fn a_thousand_subscriptions_are_billed_for_two_years_each_charge_on_its_da
 /// A second replica of the service on the same database, simulator and test clock: its own
 /// pool (so that cutting it short harms no connection of the service's).
 async fn replica(stack: &Stack) -> moment_mandates::state::AppState {
+    replica_with(stack, |_| {}).await
+}
+
+async fn replica_with(
+    stack: &Stack,
+    tweak: impl FnOnce(&mut moment_mandates::config::Config),
+) -> moment_mandates::state::AppState {
     let mut config = moment_mandates::config::Config::local(
         &stack.test_db.url,
         &stack.dev.service_url,
@@ -583,12 +590,114 @@ async fn replica(stack: &Stack) -> moment_mandates::state::AppState {
     );
     config.clock = stack.dev.clock.clone();
     config.moment_timeout = std::time::Duration::from_secs(2);
+    tweak(&mut config);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(10)
         .connect(&stack.test_db.url)
         .await
         .unwrap();
     moment_mandates::state::AppState::new(&mut config, pool).unwrap()
+}
+
+/// The scheduler checks each charge ahead of its slot; one that waits for its slot longer than
+/// that check may be trusted is checked again. Here two charges of one mandate are checked, one
+/// takes the only slot, and the mandate is revoked while the other waits: that one is never
+/// sent, and fails as never sent (not as a send whose outcome is unknown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_waiting_for_its_slot_is_checked_again_and_not_sent_after_a_revoke() {
+    let stack = start_stack(|o| o.worker_interval = std::time::Duration::from_secs(3600)).await;
+    let m = mandate(&stack, "m", CARD, json!({"amount": {"max": 9900}})).await;
+    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
+    for key in ["a", "b"] {
+        subscribe(
+            &stack,
+            key,
+            json!({"mandate_id": m["id"], "amount": 1000,
+                   "interval": {"unit": "month", "count": 1},
+                   "start_date": tomorrow.to_string()}),
+        )
+        .await;
+    }
+    stack
+        .sim()
+        .set_faults(moment_mandates::sim::Faults {
+            latency_ms: 1500,
+            ..Default::default()
+        })
+        .unwrap();
+    let due = tomorrow
+        .with_hms(9, 0, 1)
+        .unwrap()
+        .assume_offset(time::macros::offset!(+2));
+    stack.dev.clock.advance_to(due);
+    let one_slot = replica_with(&stack, |c| {
+        c.billing.concurrency = 1;
+        c.moment_timeout = std::time::Duration::from_secs(5);
+    })
+    .await;
+    let run = tokio::spawn(async move {
+        moment_mandates::workflow::scheduler::run_once(
+            &one_slot,
+            std::time::Duration::from_secs(30),
+        )
+        .await
+    });
+    // Both charges checked (their sends counted), one of them at Moment, the other waiting.
+    let mut checked = 0;
+    for _ in 0..100 {
+        checked = sqlx::query_scalar::<_, i64>(
+            "select count(*) from charge where status = 'pending' and sends = 1",
+        )
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+        if checked == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        checked, 2,
+        "both charges checked before the first call came back"
+    );
+    let revoked = stack
+        .post(
+            &format!("/mandates/{}/revoke", m["id"].as_str().unwrap()),
+            &json!({}),
+            "revoke",
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    assert_eq!(
+        revoked.body["charges"]["in_flight"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    run.await.unwrap().unwrap();
+    let at_moment = stack.sessions_by_reference("next_in_series");
+    let charges: Vec<(uuid::Uuid, String, Option<String>)> =
+        sqlx::query_as("select id, status, failure->>'code' from charge order by id")
+            .fetch_all(&stack.db)
+            .await
+            .unwrap();
+    let (sent, held): (Vec<_>, Vec<_>) = charges
+        .iter()
+        .partition(|c| at_moment.contains_key(&c.0.to_string()));
+    assert_eq!(
+        sent.len(),
+        1,
+        "one charge reached Moment: {charges:?} {at_moment:?}"
+    );
+    assert_eq!(at_moment.values().sum::<usize>(), 1, "{at_moment:?}");
+    assert_eq!(
+        held.iter()
+            .map(|c| (c.1.as_str(), c.2.as_deref()))
+            .collect::<Vec<_>>(),
+        [("failed", Some("mandate_revoked"))],
+        "{charges:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
