@@ -29,12 +29,15 @@ const FRESH: Duration = Duration::from_millis(250);
 /// A recorded charge waiting to be sent: the charge, its lease token, its subscription.
 type Held = (Charge, Uuid, Subscription);
 
-/// A group's check under way: the group, and those of it that may be sent now.
-type Check = std::pin::Pin<Box<dyn Future<Output = (Vec<Held>, Vec<Charge>)> + Send>>;
+/// A group's check under way.
+type Check = std::pin::Pin<Box<dyn Future<Output = Checked> + Send>>;
+
+/// A group, those of it that may be sent now, and when their check began.
+type Checked = (Vec<Held>, Vec<Charge>, Instant);
 
 /// What the send loop waited for.
 enum Next {
-    Checked((Vec<Held>, Vec<Charge>)),
+    Checked(Checked),
     Slot(Option<tokio::sync::OwnedSemaphorePermit>),
 }
 
@@ -108,7 +111,7 @@ pub async fn charge(
     // active, its subscription live), for the group in one statement. Each checked charge is
     // sent as soon as a slot frees up; one that waited longer than `FRESH` has its send taken
     // back and is checked again, so that no charge goes out on a check older than that.
-    let ahead = (state.settings.billing.concurrency / 8).max(1);
+    let ahead = (state.settings.billing.concurrency / 4).max(1);
     let mut calls = tokio::task::JoinSet::new();
     let mut unanswered: Vec<(Charge, Uuid, Subscription)> = Vec::new();
     let mut queue = std::collections::VecDeque::from(held);
@@ -120,12 +123,13 @@ pub async fn charge(
             let group: Vec<Held> = queue.drain(..n).collect();
             let db = state.db.clone();
             checking = Some(Box::pin(async move {
+                let at = Instant::now();
                 let pairs: Vec<(Uuid, Uuid)> = group.iter().map(|(c, t, _)| (c.id, *t)).collect();
                 // Not checked (Postgres unavailable, say): the one-at-a-time path finds out.
                 let begun = charges::begin_sends(&db, &pairs, lease, RESEND_WINDOW_SECS)
                     .await
                     .unwrap_or_default();
-                (group, begun)
+                (group, begun, at)
             }));
         }
         if checking.is_none() && checked.is_empty() {
@@ -138,9 +142,8 @@ pub async fn charge(
             permit = Arc::clone(slots).acquire_owned(), if !checked.is_empty() => Next::Slot(permit.ok()),
         };
         match next {
-            Next::Checked((group, begun)) => {
+            Next::Checked((group, begun, at)) => {
                 checking = None;
-                let at = Instant::now();
                 for held in group {
                     match begun.iter().find(|c| c.id == held.0.id) {
                         Some(c) => checked.push_back((c.clone(), held, at)),
