@@ -10,7 +10,10 @@
 //! Moment's idempotency key, and written only by the holder of its lease.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use uuid::Uuid;
 
@@ -23,8 +26,26 @@ use crate::state::AppState;
 use crate::store::charges::{self, Accepted, Scheduled};
 use crate::store::{mandates, subscriptions};
 
-/// The longest a charge may wait for its slot after its check; past it, it is checked again.
+/// The longest a charge may wait for its slot after its check began; past it, it is checked
+/// again.
 const FRESH: Duration = Duration::from_millis(250);
+
+/// The scheduler's calls to Moment in one pass: at most `concurrency` at a time, and whether a
+/// check ahead of the slots has gone stale in this pass (Moment or Postgres slower than
+/// `FRESH`): from then on, the pass checks each group in its slots, right before its calls.
+pub struct Slots {
+    pub calls: Arc<Semaphore>,
+    stale: AtomicBool,
+}
+
+impl Slots {
+    pub fn new(concurrency: usize) -> Arc<Self> {
+        Arc::new(Self {
+            calls: Arc::new(Semaphore::new(concurrency)),
+            stale: AtomicBool::new(false),
+        })
+    }
+}
 
 /// A recorded charge waiting to be sent: the charge, its lease token, its subscription.
 type Held = (Charge, Uuid, Subscription);
@@ -38,13 +59,15 @@ type Checked = (Vec<Held>, Vec<Charge>, Instant);
 /// What the send loop waited for.
 enum Next {
     Checked(Checked),
-    Slot(Option<tokio::sync::OwnedSemaphorePermit>),
+    Slot(Option<OwnedSemaphorePermit>),
 }
 
-/// What a batch came to: charges made, and the subscriptions left to the one-at-a-time path.
+/// What a batch came to: charges made, the subscriptions left to the one-at-a-time path, and
+/// the charges whose check went stale while they waited for a slot (checked again).
 pub struct Batch {
     pub charged: usize,
     pub left: Vec<Subscription>,
+    pub rechecked: usize,
 }
 
 /// Charges the regular periods of `due` (claimed under `token`) in one batch.
@@ -52,7 +75,7 @@ pub async fn charge(
     state: &AppState,
     due: Vec<Subscription>,
     token: Uuid,
-    slots: &Arc<tokio::sync::Semaphore>,
+    slots: &Slots,
 ) -> sqlx::Result<Batch> {
     let now = state.clock.now();
     let (mut fast, mut left): (Vec<Subscription>, Vec<Subscription>) = due
@@ -78,7 +101,11 @@ pub async fn charge(
         fits
     });
     if fast.is_empty() {
-        return Ok(Batch { charged: 0, left });
+        return Ok(Batch {
+            charged: 0,
+            left,
+            rechecked: 0,
+        });
     }
     let batch: Vec<Scheduled> = fast
         .iter()
@@ -110,36 +137,55 @@ pub async fn charge(
     // leases renewed, the sends counted, and each charge still sendable (pending, its mandate
     // active, its subscription live), for the group in one statement. Each checked charge is
     // sent as soon as a slot frees up; one that waited longer than `FRESH` has its send taken
-    // back and is checked again, so that no charge goes out on a check older than that.
+    // back and is checked again, so that no charge goes out on a check older than that. Once a
+    // check has gone stale, the rest of the pass checks each group in its slots instead (one
+    // slot awaited and whatever others are free, then the group's check right before its
+    // calls), so a slow Moment or Postgres costs each charge one second check at most.
     let ahead = (state.settings.billing.concurrency / 4).max(1);
     let mut calls = tokio::task::JoinSet::new();
-    let mut unanswered: Vec<(Charge, Uuid, Subscription)> = Vec::new();
+    let mut unanswered: Vec<Held> = Vec::new();
+    let mut rechecked = 0;
     let mut queue = std::collections::VecDeque::from(held);
     let mut checked: std::collections::VecDeque<(Charge, Held, Instant)> = Default::default();
     let mut checking: Option<Check> = None;
     loop {
-        if checking.is_none() && checked.len() < ahead && !queue.is_empty() {
+        let stale = slots.stale.load(Ordering::Relaxed);
+        if !stale && checking.is_none() && checked.len() < ahead && !queue.is_empty() {
             let n = (ahead - checked.len()).min(queue.len());
             let group: Vec<Held> = queue.drain(..n).collect();
             let db = state.db.clone();
             checking = Some(Box::pin(async move {
                 let at = Instant::now();
-                let pairs: Vec<(Uuid, Uuid)> = group.iter().map(|(c, t, _)| (c.id, *t)).collect();
-                // Not checked (Postgres unavailable, say): the one-at-a-time path finds out.
-                let begun = charges::begin_sends(&db, &pairs, lease, RESEND_WINDOW_SECS)
-                    .await
-                    .unwrap_or_default();
+                let begun = check(&db, &group, lease).await;
                 (group, begun, at)
             }));
         }
         if checking.is_none() && checked.is_empty() {
-            break;
+            if queue.is_empty() {
+                break;
+            }
+            let mut permits = vec![Arc::clone(&slots.calls).acquire_owned().await.ok()];
+            while permits.len() < queue.len() {
+                match Arc::clone(&slots.calls).try_acquire_owned() {
+                    Ok(p) => permits.push(Some(p)),
+                    Err(_) => break,
+                }
+            }
+            let group: Vec<Held> = queue.drain(..permits.len()).collect();
+            let begun = check(&state.db, &group, lease).await;
+            for (held, permit) in group.into_iter().zip(permits) {
+                match begun.iter().find(|c| c.id == held.0.id) {
+                    Some(c) => spawn_call(&mut calls, state, c.clone(), held, permit),
+                    None => unanswered.push(held),
+                }
+            }
+            continue;
         }
         let next = tokio::select! {
             done = async { checking.as_mut().expect("a check under way").await }, if checking.is_some() => {
                 Next::Checked(done)
             }
-            permit = Arc::clone(slots).acquire_owned(), if !checked.is_empty() => Next::Slot(permit.ok()),
+            permit = Arc::clone(&slots.calls).acquire_owned(), if !checked.is_empty() => Next::Slot(permit.ok()),
         };
         match next {
             Next::Checked((group, begun, at)) => {
@@ -155,26 +201,29 @@ pub async fn charge(
                 let Some((c, held, at)) = checked.pop_front() else {
                     continue;
                 };
-                if at.elapsed() > FRESH {
-                    // Not sent: the count taken back (else a charge never sent would read as
-                    // one whose outcome is unknown), and checked again.
-                    drop(permit);
-                    match charges::unbegin_send(&state.db, c.id, held.1).await {
-                        Ok(true) => queue.push_front(held),
-                        _ => unanswered.push(held),
-                    }
+                if at.elapsed() <= FRESH {
+                    spawn_call(&mut calls, state, c, held, permit);
                     continue;
                 }
-                let state = state.clone();
-                calls.spawn(async move {
-                    let _permit = permit;
-                    let (charge, lease_token, sub) = held;
-                    let answer = state
-                        .moment
-                        .create_session_once(&session_request(&c), &c.id.to_string())
-                        .await;
-                    (charge, lease_token, sub, answer)
-                });
+                drop(permit);
+                rechecked += 1;
+                if !slots.stale.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        waited_ms = at.elapsed().as_millis() as u64,
+                        "a scheduled charge's check went stale waiting for a slot; this pass checks in the slots from now on"
+                    );
+                }
+                // Not sent: the count taken back (else a charge never sent would read as one
+                // whose outcome is unknown), and checked again.
+                match charges::unbegin_send(&state.db, c.id, held.1).await {
+                    Ok(true) => queue.push_front(held),
+                    // Someone else holds it now, or it has ended: the single path says which.
+                    Ok(false) => unanswered.push(held),
+                    Err(e) => {
+                        tracing::warn!(charge_id = %c.id, error = %e, "a stale check's send could not be taken back; the charge counts as sent");
+                        unanswered.push(held);
+                    }
+                }
             }
         }
     }
@@ -203,7 +252,42 @@ pub async fn charge(
         let next = next_of(&sub);
         subscriptions::charged(&state.db, sub.id, token, id, Some(next)).await?;
     }
-    Ok(Batch { charged, left })
+    Ok(Batch {
+        charged,
+        left,
+        rechecked,
+    })
+}
+
+/// The group's check (see `charges::begin_sends`): those of it that may be sent now. Not
+/// checked (Postgres unavailable, say): none, and the one-at-a-time path finds out.
+async fn check(db: &sqlx::PgPool, group: &[Held], lease: f64) -> Vec<Charge> {
+    let pairs: Vec<(Uuid, Uuid)> = group.iter().map(|(c, t, _)| (c.id, *t)).collect();
+    charges::begin_sends(db, &pairs, lease, RESEND_WINDOW_SECS)
+        .await
+        .unwrap_or_default()
+}
+
+type Call = (Charge, Uuid, Subscription, Attempt);
+
+/// Sends a checked charge (`begun`, as its check returned it) in its slot.
+fn spawn_call(
+    calls: &mut tokio::task::JoinSet<Call>,
+    state: &AppState,
+    begun: Charge,
+    held: Held,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let state = state.clone();
+    calls.spawn(async move {
+        let _permit = permit;
+        let (charge, lease_token, sub) = held;
+        let answer = state
+            .moment
+            .create_session_once(&session_request(&begun), &begun.id.to_string())
+            .await;
+        (charge, lease_token, sub, answer)
+    });
 }
 
 /// The subscription's next period after the one being charged, and when it falls due.

@@ -40,6 +40,9 @@ pub struct Tally {
     pub resumed: usize,
     pub settled: usize,
     pub charged: usize,
+    /// Scheduled charges whose check went stale while they waited for a slot (Moment or
+    /// Postgres slower than the check may be trusted), checked again before their call.
+    pub rechecked: usize,
 }
 
 /// One pass of the scheduler at the billing clock's now, charging within `budget`.
@@ -56,7 +59,7 @@ pub async fn run_once(state: &AppState, budget: Duration) -> sqlx::Result<Tally>
         }
     }
     tally.settled = settle(state, now).await?;
-    tally.charged = charge_due(state, now, Instant::now() + budget).await?;
+    (tally.charged, tally.rechecked) = charge_due(state, now, Instant::now() + budget).await?;
     Ok(tally)
 }
 
@@ -149,17 +152,18 @@ const CHUNKS: usize = 4;
 /// time, until nothing is due or the deadline has passed (a charge under way finishes).
 /// Subscriptions are claimed in chunks of half the concurrency, several chunks in flight:
 /// each chunk records Moment's answers as soon as its own calls are back, so that Moment's
-/// webhooks seldom come before the session they are about is recorded.
+/// webhooks seldom come before the session they are about is recorded. Returns the charges
+/// made and those checked again (see `billing::Slots`).
 async fn charge_due(
     state: &AppState,
     now: OffsetDateTime,
     deadline: Instant,
-) -> sqlx::Result<usize> {
+) -> sqlx::Result<(usize, usize)> {
     let concurrency = state.settings.billing.concurrency;
-    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let slots = super::billing::Slots::new(concurrency);
     let chunk = (concurrency / 2).max(1) as i64;
     let mut chunks = tokio::task::JoinSet::new();
-    let (mut charged, mut drained) = (0, false);
+    let (mut charged, mut rechecked, mut drained) = (0, 0, false);
     let mut first_error = None;
     loop {
         while !drained
@@ -179,14 +183,17 @@ async fn charge_due(
         // Every chunk is joined, so that none is cut short by another's error.
         match chunks.join_next().await {
             None => break,
-            Some(Ok(Ok(n))) => charged += n,
+            Some(Ok(Ok((n, r)))) => {
+                charged += n;
+                rechecked += r;
+            }
             Some(Ok(Err(e))) => first_error = first_error.or(Some(e)),
             Some(Err(e)) => tracing::error!(error = %e, "a chunk of scheduled charges failed"),
         }
     }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(charged),
+        None => Ok((charged, rechecked)),
     }
 }
 
@@ -195,13 +202,13 @@ async fn charge_chunk(
     state: &AppState,
     due: Vec<Subscription>,
     token: Uuid,
-    slots: &Arc<tokio::sync::Semaphore>,
-) -> sqlx::Result<usize> {
+    slots: &super::billing::Slots,
+) -> sqlx::Result<(usize, usize)> {
     let batched = super::billing::charge(state, due, token, slots).await?;
     let mut charged = batched.charged;
     let mut tasks = tokio::task::JoinSet::new();
     for s in batched.left {
-        let permit = Arc::clone(slots).acquire_owned().await;
+        let permit = Arc::clone(&slots.calls).acquire_owned().await;
         let st = state.clone();
         tasks.spawn(async move {
             let _permit = permit;
@@ -219,7 +226,7 @@ async fn charge_chunk(
     }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(charged),
+        None => Ok((charged, batched.rechecked)),
     }
 }
 

@@ -621,7 +621,7 @@ async fn a_charge_waiting_for_its_slot_is_checked_again_and_not_sent_after_a_rev
     stack
         .sim()
         .set_faults(moment_mandates::sim::Faults {
-            latency_ms: 1500,
+            latency_ms: 3000,
             ..Default::default()
         })
         .unwrap();
@@ -632,7 +632,7 @@ async fn a_charge_waiting_for_its_slot_is_checked_again_and_not_sent_after_a_rev
     stack.dev.clock.advance_to(due);
     let one_slot = replica_with(&stack, |c| {
         c.billing.concurrency = 1;
-        c.moment_timeout = std::time::Duration::from_secs(5);
+        c.moment_timeout = std::time::Duration::from_secs(10);
     })
     .await;
     let run = tokio::spawn(async move {
@@ -644,7 +644,7 @@ async fn a_charge_waiting_for_its_slot_is_checked_again_and_not_sent_after_a_rev
     });
     // Both charges checked (their sends counted), one of them at Moment, the other waiting.
     let mut checked = 0;
-    for _ in 0..100 {
+    for _ in 0..200 {
         checked = sqlx::query_scalar::<_, i64>(
             "select count(*) from charge where status = 'pending' and sends = 1",
         )
@@ -698,6 +698,63 @@ async fn a_charge_waiting_for_its_slot_is_checked_again_and_not_sent_after_a_rev
         [("failed", Some("mandate_revoked"))],
         "{charges:?}"
     );
+}
+
+/// With Moment slower than a check may be trusted, the charges waiting for the only slot go
+/// stale: each is checked again once, and the rest of the pass checks in the slot, so every
+/// charge reaches Moment once and counts one send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_moment_slower_than_a_check_lasts_each_charge_is_checked_again_at_most_once() {
+    let stack = start_stack(|o| o.worker_interval = std::time::Duration::from_secs(3600)).await;
+    let m = mandate(&stack, "m", CARD, json!({"amount": {"max": 9900}})).await;
+    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
+    for key in ["a", "b", "c", "d"] {
+        subscribe(
+            &stack,
+            key,
+            json!({"mandate_id": m["id"], "amount": 1000,
+                   "interval": {"unit": "month", "count": 1},
+                   "start_date": tomorrow.to_string()}),
+        )
+        .await;
+    }
+    stack
+        .sim()
+        .set_faults(moment_mandates::sim::Faults {
+            latency_ms: 600,
+            ..Default::default()
+        })
+        .unwrap();
+    let due = tomorrow
+        .with_hms(9, 0, 1)
+        .unwrap()
+        .assume_offset(time::macros::offset!(+2));
+    stack.dev.clock.advance_to(due);
+    let one_slot = replica_with(&stack, |c| {
+        c.billing.concurrency = 1;
+        c.moment_timeout = std::time::Duration::from_secs(10);
+    })
+    .await;
+    let tally = moment_mandates::workflow::scheduler::run_once(
+        &one_slot,
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tally.charged, 4, "{tally:?}");
+    // Four chunks of one: one charge sent, three checked and waiting 600 ms for the slot.
+    assert!((1..=3).contains(&tally.rechecked), "{tally:?}");
+    let charges: Vec<(uuid::Uuid, i32)> =
+        sqlx::query_as("select id, sends from charge order by id")
+            .fetch_all(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(charges.len(), 4);
+    assert!(charges.iter().all(|c| c.1 == 1), "sends: {charges:?}");
+    let at_moment = stack.sessions_by_reference("next_in_series");
+    for (id, _) in &charges {
+        assert_eq!(at_moment.get(&id.to_string()), Some(&1), "{at_moment:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
