@@ -10,7 +10,6 @@
 //! Moment's idempotency key, and written only by the holder of its lease.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -30,20 +29,44 @@ use crate::store::{mandates, subscriptions};
 /// again.
 const FRESH: Duration = Duration::from_millis(250);
 
-/// The scheduler's calls to Moment in one pass: at most `concurrency` at a time, and whether a
-/// check ahead of the slots has gone stale in this pass (Moment or Postgres slower than
-/// `FRESH`): from then on, the pass checks each group in its slots, right before its calls.
+/// After a check has gone stale, how long checks go back into the slots (right before their
+/// calls) before checking ahead is tried again.
+const BACK_OFF: Duration = Duration::from_secs(5);
+
+/// The scheduler's calls to Moment in one pass: at most `concurrency` at a time, and until
+/// when checks stay in the slots because one ahead of them went stale (Moment or Postgres
+/// slower than `FRESH`).
 pub struct Slots {
     pub calls: Arc<Semaphore>,
-    stale: AtomicBool,
+    in_slots_until: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Slots {
     pub fn new(concurrency: usize) -> Arc<Self> {
         Arc::new(Self {
             calls: Arc::new(Semaphore::new(concurrency)),
-            stale: AtomicBool::new(false),
+            in_slots_until: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether groups may be checked ahead of their slots now.
+    fn ahead(&self) -> bool {
+        let until = *self
+            .in_slots_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        until.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// A check went stale: checks go into the slots for `BACK_OFF`. True when they were
+    /// being made ahead until now.
+    fn went_stale(&self) -> bool {
+        let was = self.ahead();
+        *self
+            .in_slots_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + BACK_OFF);
+        was
     }
 }
 
@@ -137,20 +160,21 @@ pub async fn charge(
     // leases renewed, the sends counted, and each charge still sendable (pending, its mandate
     // active, its subscription live), for the group in one statement. Each checked charge is
     // sent as soon as a slot frees up; one that waited longer than `FRESH` has its send taken
-    // back and is checked again, so that no charge goes out on a check older than that. Once a
-    // check has gone stale, the rest of the pass checks each group in its slots instead (one
-    // slot awaited and whatever others are free, then the group's check right before its
-    // calls), so a slow Moment or Postgres costs each charge one second check at most.
+    // back and is checked again, in its slot: one slot awaited and whatever others are free,
+    // then the group's check right before its calls. After a stale check, every chunk checks
+    // in its slots for `BACK_OFF`. So a slow Moment or Postgres costs a charge one second check
+    // at most, and the few checked ahead each `BACK_OFF`.
     let ahead = (state.settings.billing.concurrency / 4).max(1);
     let mut calls = tokio::task::JoinSet::new();
     let mut unanswered: Vec<Held> = Vec::new();
     let mut rechecked = 0;
     let mut queue = std::collections::VecDeque::from(held);
+    // Taken back after a stale check: checked in the slots only.
+    let mut again: std::collections::VecDeque<Held> = Default::default();
     let mut checked: std::collections::VecDeque<(Charge, Held, Instant)> = Default::default();
     let mut checking: Option<Check> = None;
     loop {
-        let stale = slots.stale.load(Ordering::Relaxed);
-        if !stale && checking.is_none() && checked.len() < ahead && !queue.is_empty() {
+        if checking.is_none() && checked.len() < ahead && !queue.is_empty() && slots.ahead() {
             let n = (ahead - checked.len()).min(queue.len());
             let group: Vec<Held> = queue.drain(..n).collect();
             let db = state.db.clone();
@@ -161,17 +185,20 @@ pub async fn charge(
             }));
         }
         if checking.is_none() && checked.is_empty() {
-            if queue.is_empty() {
+            let waiting = again.len() + queue.len();
+            if waiting == 0 {
                 break;
             }
             let mut permits = vec![Arc::clone(&slots.calls).acquire_owned().await.ok()];
-            while permits.len() < queue.len() {
+            while permits.len() < waiting {
                 match Arc::clone(&slots.calls).try_acquire_owned() {
                     Ok(p) => permits.push(Some(p)),
                     Err(_) => break,
                 }
             }
-            let group: Vec<Held> = queue.drain(..permits.len()).collect();
+            let from_again = permits.len().min(again.len());
+            let mut group: Vec<Held> = again.drain(..from_again).collect();
+            group.extend(queue.drain(..permits.len() - from_again));
             let begun = check(&state.db, &group, lease).await;
             for (held, permit) in group.into_iter().zip(permits) {
                 match begun.iter().find(|c| c.id == held.0.id) {
@@ -207,16 +234,17 @@ pub async fn charge(
                 }
                 drop(permit);
                 rechecked += 1;
-                if !slots.stale.swap(true, Ordering::Relaxed) {
+                if slots.went_stale() {
                     tracing::info!(
                         waited_ms = at.elapsed().as_millis() as u64,
-                        "a scheduled charge's check went stale waiting for a slot; this pass checks in the slots from now on"
+                        back_off_secs = BACK_OFF.as_secs(),
+                        "a scheduled charge's check went stale waiting for a slot; checks go into the slots for a while"
                     );
                 }
                 // Not sent: the count taken back (else a charge never sent would read as one
                 // whose outcome is unknown), and checked again.
                 match charges::unbegin_send(&state.db, c.id, held.1).await {
-                    Ok(true) => queue.push_front(held),
+                    Ok(true) => again.push_back(held),
                     // Someone else holds it now, or it has ended: the single path says which.
                     Ok(false) => unanswered.push(held),
                     Err(e) => {
