@@ -599,42 +599,76 @@ async fn replica_with(
     moment_mandates::state::AppState::new(&mut config, pool).unwrap()
 }
 
+/// A subscription of 1000 a month on mandate `m` from `start`, under `key`.
+async fn monthly_on(stack: &Stack, key: &str, m: &Value, start: Date) -> Value {
+    subscribe(
+        stack,
+        key,
+        json!({"mandate_id": m["id"], "amount": 1000,
+               "interval": {"unit": "month", "count": 1},
+               "start_date": start.to_string()}),
+    )
+    .await
+}
+
+/// `POST /mandates/{id}/revoke`, answered 200: the revoke's answer.
+async fn revoke(stack: &Stack, mandate_id: &Value) -> Value {
+    let r = stack
+        .post(
+            &format!("/mandates/{}/revoke", mandate_id.as_str().unwrap()),
+            &json!({}),
+            &format!("revoke-{}", mandate_id.as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+/// Moment answering after `latency_ms`, and the test clock at 09:00:01 SAST on `day` (when
+/// subscriptions starting that day fall due).
+fn slow_moment_at_nine(stack: &Stack, day: Date, latency_ms: u64) {
+    stack
+        .sim()
+        .set_faults(moment_mandates::sim::Faults {
+            latency_ms,
+            ..Default::default()
+        })
+        .unwrap();
+    let due = day
+        .with_hms(9, 0, 1)
+        .unwrap()
+        .assume_offset(time::macros::offset!(+2));
+    stack.dev.clock.advance_to(due);
+}
+
+/// A mandate with `n` monthly subscriptions, all due now on the test clock, with Moment
+/// answering after `latency_ms`, and a replica of the service that charges with one slot.
+async fn due_on_one_slot(
+    n: usize,
+    latency_ms: u64,
+) -> (Stack, Value, moment_mandates::state::AppState) {
+    let stack = start_stack(|o| o.worker_interval = std::time::Duration::from_secs(3600)).await;
+    let m = mandate(&stack, "m", CARD, json!({"amount": {"max": 9900}})).await;
+    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
+    for i in 0..n {
+        monthly_on(&stack, &format!("s{i}"), &m, tomorrow).await;
+    }
+    slow_moment_at_nine(&stack, tomorrow, latency_ms);
+    let one_slot = replica_with(&stack, |c| {
+        c.billing.concurrency = 1;
+        c.moment_timeout = std::time::Duration::from_secs(10);
+    })
+    .await;
+    (stack, m, one_slot)
+}
+
 /// The scheduler checks each charge ahead of its slot; one that waits for its slot longer than
 /// that check may be trusted is checked again. Here two charges of one mandate are checked, one
 /// takes the only slot, and the mandate is revoked while the other waits: that one is never
 /// sent, and fails as never sent (not as a send whose outcome is unknown).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_waiting_for_its_slot_is_checked_again_and_not_sent_after_a_revoke() {
-    let stack = start_stack(|o| o.worker_interval = std::time::Duration::from_secs(3600)).await;
-    let m = mandate(&stack, "m", CARD, json!({"amount": {"max": 9900}})).await;
-    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
-    for key in ["a", "b"] {
-        subscribe(
-            &stack,
-            key,
-            json!({"mandate_id": m["id"], "amount": 1000,
-                   "interval": {"unit": "month", "count": 1},
-                   "start_date": tomorrow.to_string()}),
-        )
-        .await;
-    }
-    stack
-        .sim()
-        .set_faults(moment_mandates::sim::Faults {
-            latency_ms: 3000,
-            ..Default::default()
-        })
-        .unwrap();
-    let due = tomorrow
-        .with_hms(9, 0, 1)
-        .unwrap()
-        .assume_offset(time::macros::offset!(+2));
-    stack.dev.clock.advance_to(due);
-    let one_slot = replica_with(&stack, |c| {
-        c.billing.concurrency = 1;
-        c.moment_timeout = std::time::Duration::from_secs(10);
-    })
-    .await;
+    let (stack, m, one_slot) = due_on_one_slot(2, 3000).await;
     let run = tokio::spawn(async move {
         moment_mandates::workflow::scheduler::run_once(
             &one_slot,
@@ -660,21 +694,8 @@ async fn a_charge_waiting_for_its_slot_is_checked_again_and_not_sent_after_a_rev
         checked, 2,
         "both charges checked before the first call came back"
     );
-    let revoked = stack
-        .post(
-            &format!("/mandates/{}/revoke", m["id"].as_str().unwrap()),
-            &json!({}),
-            "revoke",
-        )
-        .await;
-    assert_eq!(revoked.status, 200, "{}", revoked.body);
-    assert_eq!(
-        revoked.body["charges"]["in_flight"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
+    let revoked = revoke(&stack, &m["id"]).await;
+    assert_eq!(revoked["charges"]["in_flight"].as_array().unwrap().len(), 2);
     run.await.unwrap().unwrap();
     let at_moment = stack.sessions_by_reference("next_in_series");
     let charges: Vec<(uuid::Uuid, String, Option<String>)> =
@@ -705,36 +726,7 @@ async fn a_charge_waiting_for_its_slot_is_checked_again_and_not_sent_after_a_rev
 /// charge reaches Moment once and counts one send.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_moment_slower_than_a_check_lasts_each_charge_is_checked_again_at_most_once() {
-    let stack = start_stack(|o| o.worker_interval = std::time::Duration::from_secs(3600)).await;
-    let m = mandate(&stack, "m", CARD, json!({"amount": {"max": 9900}})).await;
-    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
-    for key in ["a", "b", "c", "d"] {
-        subscribe(
-            &stack,
-            key,
-            json!({"mandate_id": m["id"], "amount": 1000,
-                   "interval": {"unit": "month", "count": 1},
-                   "start_date": tomorrow.to_string()}),
-        )
-        .await;
-    }
-    stack
-        .sim()
-        .set_faults(moment_mandates::sim::Faults {
-            latency_ms: 600,
-            ..Default::default()
-        })
-        .unwrap();
-    let due = tomorrow
-        .with_hms(9, 0, 1)
-        .unwrap()
-        .assume_offset(time::macros::offset!(+2));
-    stack.dev.clock.advance_to(due);
-    let one_slot = replica_with(&stack, |c| {
-        c.billing.concurrency = 1;
-        c.moment_timeout = std::time::Duration::from_secs(10);
-    })
-    .await;
+    let (stack, _, one_slot) = due_on_one_slot(4, 600).await;
     let tally = moment_mandates::workflow::scheduler::run_once(
         &one_slot,
         std::time::Duration::from_secs(60),
@@ -772,31 +764,11 @@ async fn each_period_is_charged_once_under_two_replicas_and_a_replica_dying_mid_
     let mut subs = Vec::new();
     for i in 0..40 {
         let m = if i % 2 == 0 { &plain } else { &counted };
-        subs.push(
-            subscribe(
-                &stack,
-                &format!("s{i}"),
-                json!({"mandate_id": m["id"], "amount": 1000,
-                       "interval": {"unit": "month", "count": 1},
-                       "start_date": tomorrow.to_string()}),
-            )
-            .await,
-        );
+        subs.push(monthly_on(&stack, &format!("s{i}"), m, tomorrow).await);
     }
     // Replica B starts the first period's run with Moment slow, and dies half-way: charges
     // recorded and sent, subscriptions not yet moved on, leases held.
-    stack
-        .sim()
-        .set_faults(moment_mandates::sim::Faults {
-            latency_ms: 300,
-            ..Default::default()
-        })
-        .unwrap();
-    let due = tomorrow
-        .with_hms(9, 0, 1)
-        .unwrap()
-        .assume_offset(time::macros::offset!(+2));
-    stack.dev.clock.advance_to(due);
+    slow_moment_at_nine(&stack, tomorrow, 300);
     let b = replica(&stack).await;
     let dying = b.clone();
     let run = tokio::spawn(async move {
@@ -904,14 +876,7 @@ async fn a_yearly_subscription_on_29_february_is_charged_on_the_28th_in_common_y
 async fn revoking_the_mandate_cancels_its_subscriptions_and_nothing_more_is_charged() {
     let stack = start_stack(|_| {}).await;
     let sub = monthly_from_tomorrow(&stack, "s", CARD).await;
-    let revoked = stack
-        .post(
-            &format!("/mandates/{}/revoke", sub["mandate_id"].as_str().unwrap()),
-            &json!({}),
-            "r",
-        )
-        .await;
-    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    revoke(&stack, &sub["mandate_id"]).await;
     let after = show(&stack, &sub).await;
     assert_eq!(after["status"], "cancelled", "{after}");
     assert_eq!(after["last_failure"]["code"], "mandate_revoked");
