@@ -61,11 +61,13 @@ impl Slots {
     /// A check went stale: checks go into the slots for `BACK_OFF`. True when they were
     /// being made ahead until now.
     fn went_stale(&self) -> bool {
-        let was = self.ahead();
-        *self
+        let now = Instant::now();
+        let mut until = self
             .in_slots_until
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + BACK_OFF);
+            .unwrap_or_else(|e| e.into_inner());
+        let was = until.is_none_or(|t| now >= t);
+        *until = Some(now + BACK_OFF);
         was
     }
 }

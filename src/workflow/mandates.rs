@@ -163,8 +163,9 @@ pub struct Revoked {
 
 /// Revokes an active mandate (revoking a revoked one changes nothing) and stops its money:
 /// after this, nothing of the mandate is sent to Moment again, from any path, because every
-/// send checks the mandate right before it goes (`store::charges::begin_send`; the
-/// scheduler's check is at most 250 ms old, `workflow::billing`).
+/// send checks the mandate right before it goes (`store::charges::begin_send`), except a
+/// scheduled charge checked less than 250 ms before and waiting for its slot
+/// (`workflow::billing`), which is listed under `in_flight`.
 pub async fn revoke(state: &AppState, id: Uuid) -> Result<Revoked, ApiError> {
     let Some(mandate) = mandates::revoke(&state.db, id).await? else {
         return Err(match mandates::by_id(&state.db, id).await? {
