@@ -141,10 +141,12 @@ pub fn report(
          concurrency ÷ latency (the merchant's webhook endpoint is off: events out are measured\n\
          above). Transactions are Postgres commits in the whole run per charge (a statement\n\
          outside a transaction is one): the claims, the charges, each send's check, Moment's\n\
-         answers, the three webhooks Moment sends for each charge, and the settlements. CPU is\n\
-         milliseconds per charge, progress read once a second.\n\n\
-         | concurrency | charges/s | ratio to the simulator's limit | all sent (s) | all settled (s) | transactions per charge | service CPU (ms) | Postgres CPU (ms) | simulator CPU (ms) |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+         answers, the three webhooks Moment sends for each charge, and the settlements. WAL is\n\
+         the write-ahead log Postgres wrote per charge (KiB): its writes, which do not swing with\n\
+         the machine as its CPU does. CPU is milliseconds per charge, progress read once a\n\
+         second. The tables are vacuumed first, as autovacuum would have.\n\n\
+         | concurrency | charges/s | ratio to the simulator's limit | all sent (s) | all settled (s) | transactions per charge | WAL per charge (KiB) | service CPU (ms) | Postgres CPU (ms) | simulator CPU (ms) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         m.scheduled.first().map_or(0, |b| b.charges),
         LATENCY_MS
     );
@@ -153,13 +155,14 @@ pub fn report(
         let per = |x: f64| 1000.0 * x / b.charges as f64;
         let _ = writeln!(
             s,
-            "| {} | {:.0} | **{:.2}** | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {:.0} | **{:.2}** | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
             b.concurrency,
             b.per_sec(),
             b.per_sec() / limit,
             b.sent_secs,
             b.settled_secs,
             b.xacts_per_charge,
+            b.wal_kib_per_charge,
             per(b.cpu.service),
             per(b.cpu.postgres),
             per(b.cpu.sim)

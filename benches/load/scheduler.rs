@@ -22,6 +22,9 @@ pub struct Billed {
     /// Database transactions committed per charge (each statement outside a transaction is
     /// one), in the whole run: claims, charges, Moment's answers, webhooks and settlements.
     pub xacts_per_charge: f64,
+    /// Write-ahead log written per charge (KiB): Postgres's writes, which unlike its CPU do
+    /// not swing with the machine.
+    pub wal_kib_per_charge: f64,
     pub cpu: Cpu,
 }
 
@@ -128,6 +131,11 @@ async fn measure(
         "start_date": today.to_string(), "charge_time": "09:00",
         "time_zone": "Africa/Johannesburg", "utc_offset": "+02:00"
     });
+    // The runs before this one leave dead rows: vacuumed first, as autovacuum would have (a
+    // machine may run Postgres with it off).
+    sqlx::query("vacuum subscription, charge, mandate, event, webhook_event")
+        .execute(db)
+        .await?;
     // Due together at one moment a little ahead, so that Postgres has statistics for them
     // first (as autovacuum's analyze would give a database that has had them for a while)
     // and the counters below start from a quiet database.
@@ -155,6 +163,9 @@ async fn measure(
     // within 10 s once idle. Read only when every backend has flushed.
     tokio::time::sleep(FLUSH).await;
     let xacts_before = xacts(db).await?;
+    let wal_before: String = sqlx::query_scalar("select pg_current_wal_lsn()::text")
+        .fetch_one(db)
+        .await?;
     let cpu_before = Cpu::now(pid, service.sim_pid);
     tokio::time::sleep_until(due.into()).await;
     // The first of the month.
@@ -187,6 +198,11 @@ async fn measure(
     }
     let settled_secs = started.elapsed().as_secs_f64();
     let cpu = Cpu::now(pid, service.sim_pid).since(cpu_before);
+    let wal: f64 =
+        sqlx::query_scalar("select pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
+            .bind(&wal_before)
+            .fetch_one(db)
+            .await?;
     // Every one paid: a run of refusals would measure something else.
     let unpaid: Vec<(String, Option<String>, i64)> = sqlx::query_as(
         "select status, failure->>'code', count(*) from charge
@@ -208,6 +224,7 @@ async fn measure(
         sent_secs: sent_secs.unwrap_or(settled_secs),
         settled_secs,
         xacts_per_charge: (xacts_after - xacts_before) as f64 / n as f64,
+        wal_kib_per_charge: wal / 1024.0 / n as f64,
         cpu,
     })
 }
