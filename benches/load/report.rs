@@ -142,8 +142,8 @@ pub fn report(
          above). Transactions are Postgres commits in the whole run per charge (a statement\n\
          outside a transaction is one): the claims, the charges, each send's check, Moment's\n\
          answers, the three webhooks Moment sends for each charge, and the settlements. WAL is\n\
-         the write-ahead log Postgres wrote per charge (KiB): its writes, which do not swing with\n\
-         the machine as its CPU does. CPU is milliseconds per charge, progress read once a\n\
+         the write-ahead log Postgres wrote per charge (KiB): its writes, which swing less with\n\
+         the machine than its CPU. CPU is milliseconds per charge, progress read once a\n\
          second. The tables are vacuumed first, as autovacuum would have.\n\n\
          | concurrency | charges/s | ratio to the simulator's limit | all sent (s) | all settled (s) | transactions per charge | WAL per charge (KiB) | service CPU (ms) | Postgres CPU (ms) | simulator CPU (ms) |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

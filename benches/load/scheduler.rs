@@ -22,8 +22,8 @@ pub struct Billed {
     /// Database transactions committed per charge (each statement outside a transaction is
     /// one), in the whole run: claims, charges, Moment's answers, webhooks and settlements.
     pub xacts_per_charge: f64,
-    /// Write-ahead log written per charge (KiB): Postgres's writes, which unlike its CPU do
-    /// not swing with the machine.
+    /// Write-ahead log written per charge (KiB): Postgres's writes, which swing less with the
+    /// machine than its CPU.
     pub wal_kib_per_charge: f64,
     pub cpu: Cpu,
 }

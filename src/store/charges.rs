@@ -404,24 +404,21 @@ pub async fn usage(
 }
 
 /// One scheduled charge to record: its id, its subscription's period and its key, the lease
-/// token it is sent under, and whether it is recorded checked (its send counted, as
-/// [`begin_sends`] would: the insert checks all that it checks).
+/// token it is sent under.
 pub struct Scheduled {
     pub id: Uuid,
     pub subscription_id: Uuid,
     pub period: i32,
     pub idempotency_key: String,
     pub lease_token: Uuid,
-    pub checked: bool,
 }
 
 /// Records a batch of scheduled charges (the first attempt of each period) in one statement,
-/// each holding its send lease, with the same checks as `insert`: the mandate active, with
-/// both Moment ids, in the subscription's currency, and the subscription live and still leased
-/// to the scheduler (`subscription_token`). Nothing is sent yet: a charge recorded `checked`
-/// has its send counted already (the checks are those of [`begin_sends`], made in the same
-/// statement), the others go through `begin_sends`. A charge whose key is taken, or that does
-/// not qualify, is left out of the answer; the caller makes those one at a time.
+/// each holding its send lease (nothing sent yet: each send goes through `begin_send`), with
+/// the same checks as `insert`: the mandate active, with both Moment ids, in the
+/// subscription's currency, and the subscription live and still leased to the scheduler
+/// (`subscription_token`). A charge whose key is taken, or that does not qualify, is left out
+/// of the answer; the caller makes those one at a time.
 pub async fn insert_scheduled(
     conn: impl PgExecutor<'_>,
     batch: &[Scheduled],
@@ -434,16 +431,15 @@ pub async fn insert_scheduled(
     let periods: Vec<i32> = batch.iter().map(|c| c.period).collect();
     let keys: Vec<&str> = batch.iter().map(|c| c.idempotency_key.as_str()).collect();
     let tokens: Vec<Uuid> = batch.iter().map(|c| c.lease_token).collect();
-    let sends: Vec<i32> = batch.iter().map(|c| i32::from(c.checked)).collect();
     sqlx::query_as(
         "insert into charge (id, mandate_id, amount, currency, reference, metadata, customer_id,
                              payment_method_id, idempotency_key, request_hash, locked_until,
                              lease_token, billed_at, subscription_id, period, attempt, sends)
          select b.id, m.id, s.amount, m.currency, s.reference, s.metadata, m.customer_id,
                 m.payment_method_id, b.key, b.key, now() + make_interval(secs => $6), b.token,
-                $7, s.id, b.period, 0, b.sends
-         from unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::uuid[], $9::int[])
-                  as b(id, sub, period, key, token, sends)
+                $7, s.id, b.period, 0, 0
+         from unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::uuid[])
+                  as b(id, sub, period, key, token)
          join subscription s on s.id = b.sub
          join mandate m on m.id = s.mandate_id
          where m.status = 'active' and m.customer_id is not null
@@ -460,7 +456,6 @@ pub async fn insert_scheduled(
     .bind(lease_secs)
     .bind(billed_at)
     .bind(subscription_token)
-    .bind(&sends)
     .fetch_all(conn)
     .await
 }

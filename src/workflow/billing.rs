@@ -132,24 +132,17 @@ pub async fn charge(
             rechecked: 0,
         });
     }
-    // Checked a group at a time ahead of the slots (below); the first group by the insert
-    // itself, which checks what the group's check would.
-    let ahead = (state.settings.billing.concurrency / 4).max(1);
-    let first = if slots.ahead() { ahead } else { 0 };
     let batch: Vec<Scheduled> = fast
         .iter()
-        .enumerate()
-        .map(|(i, s)| Scheduled {
+        .map(|s| Scheduled {
             id: Uuid::now_v7(),
             subscription_id: s.id,
             period: s.next_period,
             idempotency_key: format!("subscription:{}:{}:0", s.id, s.next_period),
             lease_token: Uuid::new_v4(),
-            checked: i < first,
         })
         .collect();
     let lease = send_lease_secs(state);
-    let inserted = Instant::now();
     let made = charges::insert_scheduled(&state.db, &batch, lease, now, token).await?;
     // Not recorded here (a charge already made for the period, a mandate no longer active):
     // the one-at-a-time path says which.
@@ -165,27 +158,22 @@ pub async fn charge(
             Some((charge, held.lease_token, sub.clone()))
         })
         .collect();
-    // Checked a group at a time ahead of the slots (the first by the insert, above), while the
-    // calls before them are out: the leases renewed, the sends counted, and each charge still
-    // sendable (pending, its mandate active, its subscription live), for the group in one
-    // statement. Each checked charge is
+    // Checked a group at a time ahead of the slots, while the calls before them are out: the
+    // leases renewed, the sends counted, and each charge still sendable (pending, its mandate
+    // active, its subscription live), for the group in one statement. Each checked charge is
     // sent as soon as a slot frees up; one that waited longer than `FRESH` has its send taken
     // back and is checked again, in its slot: one slot awaited and whatever others are free,
     // then the group's check right before its calls. After a stale check, every chunk checks
     // in its slots for `BACK_OFF`. So a slow Moment or Postgres costs a charge one second check
     // at most, and the few checked ahead each `BACK_OFF`.
+    let ahead = (state.settings.billing.concurrency / 4).max(1);
     let mut calls = tokio::task::JoinSet::new();
     let mut unanswered: Vec<Held> = Vec::new();
     let mut rechecked = 0;
-    // Recorded checked: their check began with the insert.
-    let (checked, queue): (Vec<Held>, Vec<Held>) = held.into_iter().partition(|h| h.0.sends > 0);
-    let mut queue = std::collections::VecDeque::from(queue);
-    let mut checked: std::collections::VecDeque<(Charge, Held, Instant)> = checked
-        .into_iter()
-        .map(|h| (h.0.clone(), h, inserted))
-        .collect();
+    let mut queue = std::collections::VecDeque::from(held);
     // Taken back after a stale check: checked in the slots only.
     let mut again: std::collections::VecDeque<Held> = Default::default();
+    let mut checked: std::collections::VecDeque<(Charge, Held, Instant)> = Default::default();
     let mut checking: Option<Check> = None;
     loop {
         if checking.is_none() && checked.len() < ahead && !queue.is_empty() && slots.ahead() {
