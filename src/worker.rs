@@ -7,6 +7,10 @@
 //! - send the merchant its events: fan new ones out to the endpoints, send what is due;
 //! - reconcile what no webhook settled: fetch the session of pending mandates and processing
 //!   charges quiet for `reconcile_after`, and expire mandates that never got a session.
+//! - bill subscriptions (`workflow::scheduler`): charge what is due, record the outcomes.
+//!
+//! `serve` runs the scheduler's charges, their outcomes and the rest as three loops side by
+//! side (see [`run`]); [`run_once`] does all of it once, in order.
 
 use std::time::{Duration, Instant};
 
@@ -61,9 +65,26 @@ pub struct Tally {
     pub subscriptions_settled: usize,
 }
 
-/// One pass over the pending work.
+/// One pass over the pending work: everything `serve`'s loops do (see [`run`]), one after
+/// the other.
 pub async fn run_once(state: &AppState) -> sqlx::Result<Tally> {
     let mut tally = Tally::default();
+    resend(state, &mut tally).await?;
+    // The scheduler's failure does not hold the other stages back.
+    match scheduler::run_once(state, STAGE_BUDGET).await {
+        Ok(scheduled) => {
+            tally.scheduled_charges = scheduled.charged;
+            tally.subscriptions_settled = scheduled.settled;
+        }
+        Err(e) => tracing::warn!(error = %e, "scheduler run failed; will retry"),
+    }
+    upkeep(state, &mut tally).await?;
+    Ok(tally)
+}
+
+/// Resends the charges whose outcome at Moment is unknown, and closes those its idempotency
+/// window left behind.
+async fn resend(state: &AppState, tally: &mut Tally) -> sqlx::Result<()> {
     // One charge at a time: each lease is taken right before its send, never held while
     // other sends go first.
     let deadline = Instant::now() + STAGE_BUDGET;
@@ -84,14 +105,11 @@ pub async fn run_once(state: &AppState) -> sqlx::Result<Tally> {
         &charge_flow::reason_of(charge_flow::WINDOW_UNKNOWN),
     )
     .await?;
-    // The scheduler's failure does not hold the other stages back.
-    match scheduler::run_once(state, STAGE_BUDGET).await {
-        Ok(scheduled) => {
-            tally.scheduled_charges = scheduled.charged;
-            tally.subscriptions_settled = scheduled.settled;
-        }
-        Err(e) => tracing::warn!(error = %e, "scheduler run failed; will retry"),
-    }
+    Ok(())
+}
+
+/// Deferred webhook events, reconciliation, expiry, retention, and the merchant's webhooks.
+async fn upkeep(state: &AppState, tally: &mut Tally) -> sqlx::Result<()> {
     tally.events_applied = events::apply_deferred(&state.db, None).await?;
     tally.reconciled = reconcile(state).await?;
     tally.mandates_expired =
@@ -107,7 +125,7 @@ pub async fn run_once(state: &AppState) -> sqlx::Result<Tally> {
     let events_kept = state.settings.event_retention_days;
     tally.log_events_deleted =
         crate::store::events::delete_old(&state.db, events_kept, RETENTION_BATCH).await?;
-    Ok(tally)
+    Ok(())
 }
 
 /// Asks Moment about pending mandates and processing charges that have been quiet for
@@ -146,17 +164,53 @@ async fn reconcile(state: &AppState) -> sqlx::Result<usize> {
     Ok(moved)
 }
 
-/// Runs `run_once` every `interval` until `shutdown` turns true. A run in progress is
-/// finished, never cut short.
-pub async fn run(state: AppState, interval: Duration, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => break,
+/// Runs the work of [`run_once`] until `shutdown` turns true, in three loops side by side:
+/// the scheduler's charges, the outcomes of its charges, and the rest (resends, deferred
+/// events, reconciliation, expiry, retention, the merchant's webhooks). Each loop waits
+/// `interval` between its passes, except the charging loop after a pass whose budget ran out
+/// with charges still due: it goes on at once. So on the day most subscriptions fall due,
+/// charging never waits for a slow merchant endpoint, a slow reconciliation, or thousands of
+/// outcomes being recorded. A pass in progress is finished, never cut short.
+pub async fn run(state: AppState, interval: Duration, shutdown: watch::Receiver<bool>) {
+    let charging = repeat(state.clone(), interval, shutdown.clone(), |st| async move {
+        match scheduler::charge_once(&st, STAGE_BUDGET).await {
+            Ok((t, more)) => {
+                if t != scheduler::Tally::default() {
+                    tracing::info!(
+                        charged = t.charged,
+                        rechecked = t.rechecked,
+                        announced = t.announced,
+                        resumed = t.resumed,
+                        more,
+                        "scheduler run"
+                    );
+                }
+                more
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduler run failed; will retry");
+                false
+            }
         }
-        let st = state.clone();
-        match db::detached(async move { run_once(&st).await }).await {
-            Ok(t) if t != Tally::default() => tracing::info!(
+    });
+    let settling = repeat(state.clone(), interval, shutdown.clone(), |st| async move {
+        match scheduler::settle_once(&st).await {
+            Ok(0) => {}
+            Ok(settled) => tracing::info!(settled, "subscription outcomes recorded"),
+            Err(e) => {
+                tracing::warn!(error = %e, "recording subscription outcomes failed; will retry")
+            }
+        }
+        false
+    });
+    let rest = repeat(state, interval, shutdown, |st| async move {
+        let mut t = Tally::default();
+        let run = async {
+            resend(&st, &mut t).await?;
+            upkeep(&st, &mut t).await
+        };
+        match run.await {
+            Ok(()) if t != Tally::default() => tracing::info!(
                 charges_resent = t.charges_resent,
                 charges_closed = t.charges_closed,
                 events_applied = t.events_applied,
@@ -168,13 +222,37 @@ pub async fn run(state: AppState, interval: Duration, mut shutdown: watch::Recei
                 webhooks_delivered = t.webhooks_delivered,
                 webhooks_failed = t.webhooks_failed,
                 log_events_deleted = t.log_events_deleted,
-                scheduled_charges = t.scheduled_charges,
-                subscriptions_settled = t.subscriptions_settled,
                 "worker run"
             ),
-            Ok(_) => {}
+            Ok(()) => {}
             Err(e) => tracing::warn!(error = %e, "worker run failed; will retry"),
         }
+        false
+    });
+    tokio::join!(charging, settling, rest);
+}
+
+/// Runs `pass` after every `interval` (at once when the last pass returned `true`) until
+/// `shutdown` turns true. Each pass runs as its own task (`db::detached`), so that shutting
+/// down never drops database work half done.
+async fn repeat<F, P>(
+    state: AppState,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    pass: P,
+) where
+    P: Fn(AppState) -> F,
+    F: Future<Output = bool> + Send + 'static,
+{
+    let mut again = false;
+    loop {
+        if !again {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        again = db::detached(pass(state.clone())).await;
         if *shutdown.borrow() {
             break;
         }

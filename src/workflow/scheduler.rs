@@ -45,10 +45,36 @@ pub struct Tally {
     pub rechecked: usize,
 }
 
-/// One pass of the scheduler at the billing clock's now, charging within `budget`.
+/// One pass of the scheduler at the billing clock's now, charging within `budget`: the
+/// notices and resumptions due, the outcomes to record, then the charges due.
 pub async fn run_once(state: &AppState, budget: Duration) -> sqlx::Result<Tally> {
-    let mut tally = Tally::default();
     let now = state.clock.now();
+    let mut tally = prepare(state, now).await?;
+    tally.settled = settle(state, now).await?;
+    (tally.charged, tally.rechecked, _) = charge_due(state, now, Instant::now() + budget).await?;
+    Ok(tally)
+}
+
+/// The charging half of [`run_once`], as `serve`'s worker runs it beside [`settle_once`]:
+/// the notices and resumptions due, then the charges due within `budget`. Also says whether
+/// the budget ran out with charges still due (the next pass should then start at once).
+pub async fn charge_once(state: &AppState, budget: Duration) -> sqlx::Result<(Tally, bool)> {
+    let now = state.clock.now();
+    let mut tally = prepare(state, now).await?;
+    let drained;
+    (tally.charged, tally.rechecked, drained) =
+        charge_due(state, now, Instant::now() + budget).await?;
+    Ok((tally, !drained))
+}
+
+/// The other half of [`run_once`]: every outcome there is to record.
+pub async fn settle_once(state: &AppState) -> sqlx::Result<usize> {
+    settle(state, state.clock.now()).await
+}
+
+/// Announces the charges coming up within the notice, and resumes what is due to resume.
+async fn prepare(state: &AppState, now: OffsetDateTime) -> sqlx::Result<Tally> {
+    let mut tally = Tally::default();
     let notice =
         time::Duration::try_from(state.settings.billing.upcoming_notice).unwrap_or_default();
     tally.announced = store::announce_upcoming(&state.db, now + notice).await?;
@@ -58,8 +84,6 @@ pub async fn run_once(state: &AppState, budget: Duration) -> sqlx::Result<Tally>
             Err(e) => tracing::debug!(subscription_id = %s.id, error = %e, "not resumed"),
         }
     }
-    tally.settled = settle(state, now).await?;
-    (tally.charged, tally.rechecked) = charge_due(state, now, Instant::now() + budget).await?;
     Ok(tally)
 }
 
@@ -153,12 +177,13 @@ const CHUNKS: usize = 4;
 /// Subscriptions are claimed in chunks of half the concurrency, several chunks in flight:
 /// each chunk records Moment's answers as soon as its own calls are back, so that Moment's
 /// webhooks seldom come before the session they are about is recorded. Returns the charges
-/// made and those checked again (see `billing::Slots`).
+/// made, those checked again (see `billing::Slots`), and whether nothing was left to claim
+/// (rather than the deadline passing first).
 async fn charge_due(
     state: &AppState,
     now: OffsetDateTime,
     deadline: Instant,
-) -> sqlx::Result<(usize, usize)> {
+) -> sqlx::Result<(usize, usize, bool)> {
     let concurrency = state.settings.billing.concurrency;
     let slots = super::billing::Slots::new(concurrency);
     let chunk = (concurrency / 2).max(1) as i64;
@@ -193,7 +218,7 @@ async fn charge_due(
     }
     match first_error {
         Some(e) => Err(e),
-        None => Ok((charged, rechecked)),
+        None => Ok((charged, rechecked, drained)),
     }
 }
 

@@ -956,3 +956,54 @@ async fn a_first_period_already_past_is_not_billed_and_does_not_count() {
     assert_eq!(days, [today + Duration::days(1), today + Duration::days(2)]);
     assert_eq!(show(&stack, &sub).await["status"], "finished");
 }
+
+/// In `serve` the scheduler charges in a loop of its own: a merchant endpoint that takes
+/// seconds to answer holds back its own deliveries, not a subscription falling due meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_merchant_endpoint_does_not_hold_back_a_charge_falling_due() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let stack = start_stack(|_| {}).await;
+    let slow = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204).set_delay(std::time::Duration::from_secs(12)))
+        .mount(&slow)
+        .await;
+    let ep = stack
+        .post(
+            "/webhook-endpoints",
+            &json!({"url": format!("{}/hook", slow.uri())}),
+            "slow-endpoint",
+        )
+        .await;
+    assert_eq!(ep.status, 201, "{}", ep.body);
+    let s = monthly_from_tomorrow(&stack, "slow-endpoint-sub", CARD).await;
+    // The mandate's events are out to the endpoint, which is sitting on them.
+    crate::support::app::eventually("a delivery to the slow endpoint", async || {
+        !slow
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    })
+    .await;
+    let sitting = std::time::Instant::now();
+    let due = (sast(OffsetDateTime::now_utc()) + Duration::days(1))
+        .with_hms(9, 0, 1)
+        .unwrap()
+        .assume_offset(time::macros::offset!(+2));
+    stack.dev.clock.advance_to(due);
+    let fell_due = std::time::Instant::now();
+    while charges_of(&stack, &s).await.is_empty() {
+        assert!(
+            fell_due.elapsed() < std::time::Duration::from_secs(6),
+            "no charge 6 s after the subscription fell due, while the endpoint was still answering"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        sitting.elapsed() < std::time::Duration::from_secs(12),
+        "the endpoint had answered before the charge: the test shows nothing"
+    );
+}
