@@ -51,12 +51,7 @@ where
         .with_env_filter(filter)
         .with_writer(writer);
     let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            // The request's span once (`span`), not again in a list of one (`spans`).
-            .with_span_list(false)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
 }
