@@ -167,10 +167,11 @@ async fn reconcile(state: &AppState) -> sqlx::Result<usize> {
 /// Runs the work of [`run_once`] until `shutdown` turns true, in three loops side by side:
 /// the scheduler's charges, the outcomes of its charges, and the rest (resends, deferred
 /// events, reconciliation, expiry, retention, the merchant's webhooks). Each loop waits
-/// `interval` between its passes, except the charging loop after a pass whose budget ran out
-/// with charges still due: it goes on at once. So on the day most subscriptions fall due,
-/// charging never waits for a slow merchant endpoint, a slow reconciliation, or thousands of
-/// outcomes being recorded. A pass in progress is finished, never cut short.
+/// `interval` after a pass before the next, except after a scheduler pass whose budget
+/// (`STAGE_BUDGET`) ran out with work left: the next starts at once. So on the day most
+/// subscriptions fall due, charging never waits for a slow merchant endpoint, a slow
+/// reconciliation, or thousands of outcomes being recorded (the loops still share the
+/// database pool and the cores). A pass in progress is finished, never cut short.
 pub async fn run(state: AppState, interval: Duration, shutdown: watch::Receiver<bool>) {
     let charging = repeat(state.clone(), interval, shutdown.clone(), |st| async move {
         match scheduler::charge_once(&st, STAGE_BUDGET).await {
@@ -194,14 +195,17 @@ pub async fn run(state: AppState, interval: Duration, shutdown: watch::Receiver<
         }
     });
     let settling = repeat(state.clone(), interval, shutdown.clone(), |st| async move {
-        match scheduler::settle_once(&st).await {
-            Ok(0) => {}
-            Ok(settled) => tracing::info!(settled, "subscription outcomes recorded"),
+        match scheduler::settle_once(&st, STAGE_BUDGET).await {
+            Ok((0, _)) => false,
+            Ok((settled, more)) => {
+                tracing::info!(settled, more, "subscription outcomes recorded");
+                more
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "recording subscription outcomes failed; will retry")
+                tracing::warn!(error = %e, "recording subscription outcomes failed; will retry");
+                false
             }
         }
-        false
     });
     let rest = repeat(state, interval, shutdown, |st| async move {
         let mut t = Tally::default();

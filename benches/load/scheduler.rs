@@ -100,9 +100,11 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    sqlx::query("update subscription set status = 'cancelled' where status = 'active'")
-        .execute(db)
-        .await?;
+    sqlx::query(
+        "update subscription set status = 'cancelled' where status in ('active', 'past_due')",
+    )
+    .execute(db)
+    .await?;
     // Webhooks out are measured on their own (the events-out row): here the merchant's
     // endpoint is off, so that the run measures the scheduler, Moment's calls and webhooks.
     sqlx::query("update webhook_endpoint set enabled = false")

@@ -50,7 +50,7 @@ pub struct Tally {
 pub async fn run_once(state: &AppState, budget: Duration) -> sqlx::Result<Tally> {
     let now = state.clock.now();
     let mut tally = prepare(state, now).await?;
-    tally.settled = settle(state, now).await?;
+    (tally.settled, _) = settle(state, now, None).await?;
     (tally.charged, tally.rechecked, _) = charge_due(state, now, Instant::now() + budget).await?;
     Ok(tally)
 }
@@ -67,9 +67,10 @@ pub async fn charge_once(state: &AppState, budget: Duration) -> sqlx::Result<(Ta
     Ok((tally, !drained))
 }
 
-/// The other half of [`run_once`]: every outcome there is to record.
-pub async fn settle_once(state: &AppState) -> sqlx::Result<usize> {
-    settle(state, state.clock.now()).await
+/// The other half of [`run_once`]: the outcomes there are to record, a batch at a time until
+/// none is left or `budget` has run out. Also says whether it ran out first.
+pub async fn settle_once(state: &AppState, budget: Duration) -> sqlx::Result<(usize, bool)> {
+    settle(state, state.clock.now(), Some(Instant::now() + budget)).await
 }
 
 /// Announces the charges coming up within the notice, and resumes what is due to resume.
@@ -88,13 +89,22 @@ async fn prepare(state: &AppState, now: OffsetDateTime) -> sqlx::Result<Tally> {
 }
 
 /// Records the outcome of every subscription charge that has one.
-async fn settle(state: &AppState, now: OffsetDateTime) -> sqlx::Result<usize> {
+/// With a `deadline`, stops after the batch during which it passed; returns the outcomes
+/// recorded, and whether it stopped with more perhaps left.
+async fn settle(
+    state: &AppState,
+    now: OffsetDateTime,
+    deadline: Option<Instant>,
+) -> sqlx::Result<(usize, bool)> {
     let mut done = 0;
     loop {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok((done, true));
+        }
         let mut tx = state.db.begin().await?;
         let outcomes = store::outcomes(&mut *tx, SETTLE_BATCH).await?;
         if outcomes.is_empty() {
-            return Ok(done);
+            return Ok((done, false));
         }
         // Paid periods (the many on the first of the month) in one statement; the rest one
         // at a time.
@@ -197,7 +207,15 @@ async fn charge_due(
             && Instant::now() < deadline
         {
             let token = Uuid::new_v4();
-            let due = store::claim_due(&state.db, now, chunk, LEASE_SECS, token).await?;
+            // A claim that fails ends the claiming, not the chunks already under way: they
+            // are joined below (dropping them would cut their calls and records short).
+            let due = match store::claim_due(&state.db, now, chunk, LEASE_SECS, token).await {
+                Ok(due) => due,
+                Err(e) => {
+                    first_error = Some(e);
+                    break;
+                }
+            };
             if due.is_empty() {
                 drained = true;
                 break;
