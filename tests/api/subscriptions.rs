@@ -559,6 +559,21 @@ async fn a_thousand_subscriptions_are_billed_for_two_years_each_charge_on_its_da
     }
     let sessions: usize = stack.sessions_by_reference("next_in_series").values().sum();
     assert_eq!(sessions, rows.len(), "one Moment charge per period");
+    // Every charge the batches recorded has its events in order: `charge.created` first, then
+    // one a change of status, numbered 1, 2, … as the feed reads them.
+    let without: i64 = sqlx::query_scalar(
+        "select count(*) from charge c
+         where c.subscription_id is not null
+           and (array(select e.sequence from event e
+                      where e.resource_id = c.id order by e.xid, e.position)
+                    <> array(select generate_series(1::bigint, c.event_seq))
+                or not exists (select 1 from event e where e.resource_id = c.id
+                               and e.type = 'charge.created' and e.sequence = 1))",
+    )
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    assert_eq!(without, 0, "scheduled charges without their events");
     eprintln!(
         "1,000 subscriptions, two years: {} charges in {} steps, {:.1} s",
         rows.len(),
