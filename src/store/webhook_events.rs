@@ -574,14 +574,17 @@ pub async fn orphan_old(conn: impl PgExecutor<'_>, after_secs: f64) -> sqlx::Res
 }
 
 /// Deletes applied, ignored and orphaned events older than `days` (at most `limit` a call, so
-/// one call stays short). Mismatched and unreadable ones are kept for an operator.
+/// one call stays short), oldest first along `webhook_event_received_idx`, then by their
+/// primary key (see `events::delete_old` for why it is written so). Mismatched and unreadable
+/// ones are kept for an operator.
 pub async fn delete_old(conn: impl PgExecutor<'_>, days: f64, limit: i64) -> sqlx::Result<u64> {
     let done = sqlx::query(
-        "delete from webhook_event where webhook_id in (
+        "delete from webhook_event where webhook_id = any(array(
              select webhook_id from webhook_event
              where received_at < now() - make_interval(days => 1) * $1
                and outcome in ('applied', 'ignored', 'orphaned')
-             limit $2)",
+             order by received_at
+             limit $2))",
     )
     .bind(days)
     .bind(limit)
