@@ -104,8 +104,8 @@ pub async fn insert(
 /// are found along `event_created_idx` from the oldest, then deleted by their primary key.
 /// Without statistics (a table that grew since it was last analyzed, or never was) Postgres
 /// guesses that a third of the rows are past the cutoff; the earlier `id in (... limit)`
-/// then read the whole table, once to find the few (every pass of the worker, for nothing
-/// when none was old) and once more to join them.
+/// then read the whole table to find the few (every pass of the worker, for nothing when none
+/// was old), and at times once more to join them.
 pub async fn delete_old(conn: impl PgExecutor<'_>, days: f64, limit: i64) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "delete from event where id = any(array(

@@ -574,9 +574,10 @@ pub async fn orphan_old(conn: impl PgExecutor<'_>, after_secs: f64) -> sqlx::Res
 }
 
 /// Deletes applied, ignored and orphaned events older than `days` (at most `limit` a call, so
-/// one call stays short), oldest first along `webhook_event_received_idx`, then by their
-/// primary key (see `events::delete_old` for why it is written so). Mismatched and unreadable
-/// ones are kept for an operator.
+/// one call stays short), oldest first, then by their primary key: written as
+/// `events::delete_old`. Postgres finds them through `webhook_event_received_idx` (reading
+/// every row past the cutoff, the kept ones too, before taking the oldest, when it plans
+/// for the call's own values). Mismatched and unreadable ones are kept for an operator.
 pub async fn delete_old(conn: impl PgExecutor<'_>, days: f64, limit: i64) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "delete from webhook_event where webhook_id = any(array(
