@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use moment_mandates::store::{events, webhook_events};
+use moment_mandates::store::{events, subscriptions, webhook_events};
 use moment_mandates::worker;
 
 use crate::support::app::{
@@ -155,14 +155,8 @@ async fn the_retention_purges_read_from_the_oldest_end_not_the_whole_table() {
     // 40,000 rows in each table, not analyzed since (as a table that grew since, or on a
     // Postgres without autovacuum; kept so for the test): 1,600 past retention, the rest an
     // hour old.
-    sqlx::query("alter table event set (autovacuum_enabled = off)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query("alter table webhook_event set (autovacuum_enabled = off)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    without_statistics(&db, "event").await;
+    without_statistics(&db, "webhook_event").await;
     sqlx::query(
         "insert into event (id, type, resource_type, resource_id, sequence, data, created_at)
          select gen_random_uuid(), 'charge.created', 'charge', gen_random_uuid(), 1, '{}',
@@ -181,13 +175,11 @@ async fn the_retention_purges_read_from_the_oldest_end_not_the_whole_table() {
     .execute(&db.pool)
     .await
     .unwrap();
-    // One transaction, so that its own scans can be read back before it ends (the view also
-    // holds the connection's earlier ones not yet reported, the migrations' index builds: the
-    // difference is what counts).
     let mut tx = db.pool.begin().await.unwrap();
-    let scans = "select relname::text, seq_scan from pg_stat_xact_user_tables
-                 where relname in ('event', 'webhook_event') order by relname";
-    let before: Vec<(String, i64)> = sqlx::query_as(scans).fetch_all(&mut *tx).await.unwrap();
+    let before = [
+        read(&mut tx, "event").await,
+        read(&mut tx, "webhook_event").await,
+    ];
     let mut deleted = Vec::new();
     for _ in 0..3 {
         deleted.push((
@@ -202,16 +194,14 @@ async fn the_retention_purges_read_from_the_oldest_end_not_the_whole_table() {
         [(1000, 1000), (600, 600), (0, 0)],
         "the old rows, a batch at a time, then none"
     );
-    let after: Vec<(String, i64)> = sqlx::query_as(scans).fetch_all(&mut *tx).await.unwrap();
-    let read: Vec<(&str, i64)> = before
-        .iter()
-        .zip(&after)
-        .map(|((table, b), (_, a))| (table.as_str(), a - b))
-        .collect();
+    let after = [
+        read(&mut tx, "event").await,
+        read(&mut tx, "webhook_event").await,
+    ];
     assert_eq!(
-        read,
-        [("event", 0), ("webhook_event", 0)],
-        "tables read from their start by the purges"
+        (after[0].0 - before[0].0, after[1].0 - before[1].0),
+        (0, 0),
+        "sequential scans of event and webhook_event by the purges"
     );
     tx.commit().await.unwrap();
     let left: (i64, i64) =
@@ -220,6 +210,94 @@ async fn the_retention_purges_read_from_the_oldest_end_not_the_whole_table() {
             .await
             .unwrap();
     assert_eq!(left, (38_400, 38_400));
+}
+
+/// Every pass of the scheduler announces the charges coming up within the notice. It reads
+/// only the subscriptions whose next period is not yet announced, through their own index:
+/// not every subscription (a sequential scan) nor every active one (the status index).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcing_upcoming_charges_reads_only_the_subscriptions_not_yet_announced() {
+    let db = TestDb::new().await;
+    without_statistics(&db, "subscription").await;
+    let mandate = uuid::Uuid::new_v4();
+    sqlx::query(
+        "insert into mandate (id, status, amount, currency, customer_name, customer_email,
+                              request_hash)
+         values ($1, 'active', 100000, 'ZAR', 'A Customer', 'a@example.test', 'test')",
+    )
+    .bind(mandate)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // 20,000 active subscriptions: 30 due within 30 hours and 10 due in 10 days, none of them
+    // announced; the rest announced, due within the next 30 days.
+    sqlx::query(
+        "insert into subscription (id, mandate_id, amount, currency, schedule, request_hash,
+                                   next_period, notified_period, next_charge_at)
+         select gen_random_uuid(), $1, 100, 'ZAR', '{}', 'test', 1,
+                case when g <= 40 then 0 else 1 end,
+                now() + case when g <= 30 then make_interval(hours => g)
+                             when g <= 40 then interval '10 days'
+                             else make_interval(hours => g % 720) end
+         from generate_series(1, 20000) g",
+    )
+    .bind(mandate)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let within = time::OffsetDateTime::now_utc() + time::Duration::days(3);
+    let mut tx = db.pool.begin().await.unwrap();
+    let before = read(&mut tx, "subscription").await;
+    let mut announced = Vec::new();
+    for _ in 0..2 {
+        announced.push(
+            subscriptions::announce_upcoming(&mut *tx, within)
+                .await
+                .unwrap(),
+        );
+    }
+    let after = read(&mut tx, "subscription").await;
+    tx.commit().await.unwrap();
+    assert_eq!(announced, [30, 0], "the 30 within the notice, once");
+    let rows = after.1 - before.1;
+    assert!(
+        rows <= 40,
+        "the announcements read {rows} subscriptions for 30 to announce"
+    );
+    let events: i64 = sqlx::query_scalar(
+        "select count(*) from event where type = 'subscription.charge_upcoming'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(events, 30);
+}
+
+/// Keeps `table` without statistics for the test, as a table that grew since it was last
+/// analyzed (or on a Postgres without autovacuum), where a plan that needs them goes wrong.
+async fn without_statistics(db: &TestDb, table: &str) {
+    sqlx::query(&format!(
+        "alter table {table} set (autovacuum_enabled = off)"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+/// The sequential scans of `table` so far, and the rows read from it (by those scans and
+/// through indexes). Read twice inside one transaction, the difference is that transaction's
+/// own: the view also holds the connection's earlier reads not yet reported (the migrations'
+/// index builds), and nothing is reported mid-transaction.
+async fn read(tx: &mut sqlx::PgConnection, table: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "select seq_scan, coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)
+         from pg_stat_xact_user_tables where relname = $1",
+    )
+    .bind(table)
+    .fetch_optional(&mut *tx)
+    .await
+    .unwrap()
+    .unwrap_or((0, 0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
