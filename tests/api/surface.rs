@@ -229,16 +229,17 @@ async fn announcing_upcoming_charges_reads_only_the_subscriptions_not_yet_announ
     .execute(&db.pool)
     .await
     .unwrap();
-    // 20,000 active subscriptions: 30 due within 30 hours and 10 due in 10 days, none of them
-    // announced; the rest announced, due within the next 30 days.
+    // 20,000 active subscriptions, as a month of them with a three-day notice: 30 due within
+    // 30 hours and not announced yet; 1,970 due within three days and announced; the rest due
+    // in 4 to 30 days, their notice not come yet.
     sqlx::query(
         "insert into subscription (id, mandate_id, amount, currency, schedule, request_hash,
                                    next_period, notified_period, next_charge_at)
          select gen_random_uuid(), $1, 100, 'ZAR', '{}', 'test', 1,
-                case when g <= 40 then 0 else 1 end,
+                case when g > 30 and g <= 2000 then 1 else 0 end,
                 now() + case when g <= 30 then make_interval(hours => g)
-                             when g <= 40 then interval '10 days'
-                             else make_interval(hours => g % 720) end
+                             when g <= 2000 then make_interval(hours => g % 72)
+                             else make_interval(hours => 96 + g % 624) end
          from generate_series(1, 20000) g",
     )
     .bind(mandate)
@@ -261,7 +262,7 @@ async fn announcing_upcoming_charges_reads_only_the_subscriptions_not_yet_announ
     assert_eq!(announced, [30, 0], "the 30 within the notice, once");
     let rows = after.1 - before.1;
     assert!(
-        rows <= 40,
+        rows <= 30,
         "the announcements read {rows} subscriptions for 30 to announce"
     );
     let events: i64 = sqlx::query_scalar(
