@@ -250,6 +250,11 @@ pub struct ServeArgs {
     /// Where GET /metrics is served (keep it off the public network).
     #[arg(long, env = "METRICS_LISTEN_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_listen_addr: String,
+    /// Seconds GET /metrics reuses its count of the settled mandates and charges (every status
+    /// but pending, processing and needs_review, which are counted at every scrape); 0
+    /// counts them at every scrape too.
+    #[arg(long, env = "METRICS_RECOUNT_SECS", default_value = "60")]
+    pub metrics_recount_secs: String,
     /// Seconds a client may take to send a request head.
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value = "10")]
     pub header_read_timeout_secs: String,
@@ -559,6 +564,10 @@ impl ServeArgs {
                 _ => None,
             },
             metrics_listen_addr: socket_addr("METRICS_LISTEN_ADDR", &self.metrics_listen_addr)?,
+            metrics_recount: Duration::from_secs(number(
+                "METRICS_RECOUNT_SECS",
+                &self.metrics_recount_secs,
+            )?),
             header_read_timeout: positive_secs(
                 "HEADER_READ_TIMEOUT_SECS",
                 &self.header_read_timeout_secs,

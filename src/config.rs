@@ -22,6 +22,9 @@ pub const DELIVERY_SCHEDULE: &[u64] = &[5, 300, 1800, 7200, 18000, 36000, 36000]
 /// How long one delivery of a webhook out to the merchant may take.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// `METRICS_RECOUNT_SECS`'s default.
+pub const METRICS_RECOUNT_SECS: u64 = 60;
+
 /// How subscriptions are billed.
 #[derive(Debug, Clone)]
 pub struct Billing {
@@ -136,6 +139,8 @@ pub struct Config {
     pub merchant_webhook: Option<(String, String)>,
     /// Where `GET /metrics` is served, apart from the API.
     pub metrics_listen_addr: SocketAddr,
+    /// How long `GET /metrics` reuses its count of the settled mandates and charges.
+    pub metrics_recount: Duration,
     /// How long a client may take to send a request head.
     pub header_read_timeout: Duration,
     /// Connections open at once at most on the API's listener.
@@ -194,6 +199,7 @@ impl Config {
                 .collect(),
             merchant_webhook: None,
             metrics_listen_addr: ([127, 0, 0, 1], 0).into(),
+            metrics_recount: Duration::from_secs(METRICS_RECOUNT_SECS),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
             log_format: LogFormat::Text,

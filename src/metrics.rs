@@ -104,8 +104,18 @@ fn describe() {
         "db_pool_waiting",
         "Units of database work waiting for a pooled connection"
     );
-    describe_gauge!("mandates", "Mandates by status, counted when scraped");
-    describe_gauge!("charges", "Charges by status, counted when scraped");
+    describe_gauge!(
+        "mandates",
+        "Mandates by status: pending counted when scraped, the rest at most every METRICS_RECOUNT_SECS"
+    );
+    describe_gauge!(
+        "charges",
+        "Charges by status: pending, processing and needs_review counted when scraped, the rest at most every METRICS_RECOUNT_SECS"
+    );
+    describe_gauge!(
+        "metrics_settled_count_age_seconds",
+        "Seconds since the settled mandates and charges were counted"
+    );
     describe_gauge!(
         "metrics_database_up",
         "1 when the last scrape could count mandates and charges, 0 otherwise"

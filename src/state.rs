@@ -54,6 +54,8 @@ pub struct AppState {
     pub clock: crate::clock::Clock,
     /// Moment's webhooks are stored through this, in batches (group commit).
     pub ingest: crate::store::ingest::Ingest,
+    /// `GET /metrics`'s count of the settled mandates and charges, reused for a while.
+    pub counts: Arc<crate::store::counts::Recount>,
 }
 
 impl FromRef<AppState> for Arc<ApiKeys> {
@@ -96,6 +98,7 @@ impl AppState {
             return_fetches: Arc::new(tokio::sync::Semaphore::new(RETURN_FETCHES)),
             clock: config.clock.clone(),
             ingest,
+            counts: Arc::new(crate::store::counts::Recount::new(config.metrics_recount)),
             outbound: reqwest::Client::builder()
                 .timeout(crate::config::DELIVERY_TIMEOUT)
                 .connect_timeout(Duration::from_secs(5))

@@ -12,7 +12,6 @@ use crate::domain::{ChargeStatus, MandateStatus};
 use crate::error::{ApiError, Problem};
 use crate::metrics;
 use crate::state::AppState;
-use crate::store::{charges, mandates};
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz", security(()),
@@ -39,8 +38,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     Ok(Json(json!({ "status": "ready" })))
 }
 
-/// `GET /metrics`: Prometheus text. The pool figures and the mandate and charge counts by
-/// status are read now; everything else was recorded as it happened.
+/// `GET /metrics`: Prometheus text. The pool figures and the mandates and charges under way
+/// are read now, the settled ones at most every `METRICS_RECOUNT_SECS` (see `store::counts`);
+/// everything else was recorded as it happened.
 pub async fn render(State(state): State<AppState>) -> Response {
     let pool = &state.db;
     let size = i64::from(pool.size());
@@ -52,31 +52,34 @@ pub async fn render(State(state): State<AppState>) -> Response {
     let waiting = (metrics::db_work_in_flight() - in_use).max(0);
     gauge!("db_pool_waiting").set(waiting as f64);
     let counts = async {
-        Ok::<_, sqlx::Error>((
-            mandates::count_by_status(pool).await?,
-            charges::count_by_status(pool).await?,
-        ))
+        let mut conn = pool.acquire().await?;
+        state.counts.counts(&mut conn).await
     };
     match counts.await {
-        Ok((mandate_rows, charge_rows)) => {
-            let mandate_statuses = MandateStatus::ALL.iter().map(|s| s.as_str());
-            let charge_statuses = ChargeStatus::ALL.iter().map(|s| s.as_str());
-            for (name, rows, statuses) in [
+        Ok(counts) => {
+            for (table, statuses) in [
                 (
                     "mandates",
-                    mandate_rows,
-                    mandate_statuses.collect::<Vec<_>>(),
+                    MandateStatus::ALL
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>(),
                 ),
-                ("charges", charge_rows, charge_statuses.collect()),
+                (
+                    "charges",
+                    ChargeStatus::ALL.iter().map(|s| s.as_str()).collect(),
+                ),
             ] {
                 for status in statuses {
-                    let n = rows
+                    let n = counts
+                        .rows
                         .iter()
-                        .find(|(s, _)| s == status)
-                        .map_or(0, |(_, n)| *n);
-                    gauge!(name, "status" => status).set(n as f64);
+                        .find(|(t, s, _)| t == table && s == status)
+                        .map_or(0, |(_, _, n)| *n);
+                    gauge!(table, "status" => status).set(n as f64);
                 }
             }
+            gauge!("metrics_settled_count_age_seconds").set(counts.settled_age.as_secs_f64());
             gauge!("metrics_database_up").set(1.0);
         }
         Err(e) => {

@@ -704,10 +704,3 @@ pub async fn claim_quiet(
     .fetch_all(conn)
     .await
 }
-
-/// How many charges are in each status (statuses with none are left out).
-pub async fn count_by_status(conn: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64)>> {
-    sqlx::query_as("select status::text, count(*) from charge group by status")
-        .fetch_all(conn)
-        .await
-}

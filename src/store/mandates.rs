@@ -324,10 +324,3 @@ pub async fn expire_sessionless(conn: impl PgExecutor<'_>, after_secs: f64) -> s
     .await?;
     Ok(done.rows_affected())
 }
-
-/// How many mandates are in each status (statuses with none are left out).
-pub async fn count_by_status(conn: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64)>> {
-    sqlx::query_as("select status::text, count(*) from mandate group by status")
-        .fetch_all(conn)
-        .await
-}

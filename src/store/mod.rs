@@ -1,5 +1,6 @@
 //! SQL, one file per table. Functions take `impl PgExecutor` so they run on the pool or
-//! inside a transaction. `ingest` is the writer that stores Moment's webhooks in batches.
+//! inside a transaction. `ingest` is the writer that stores Moment's webhooks in batches; `counts`
+//! counts rows by status for the metrics.
 
 /// A mandate or charge whose Moment session was just recorded.
 #[derive(Debug, sqlx::FromRow)]
@@ -11,6 +12,7 @@ pub struct Recorded<T> {
 }
 
 pub mod charges;
+pub mod counts;
 pub mod deliveries;
 pub mod events;
 pub mod ingest;

@@ -123,6 +123,95 @@ async fn metrics_count_requests_webhooks_moment_calls_and_records() {
     assert!(has("db_pool_waiting", &[]) >= 0.0);
 }
 
+/// The entries read from `table` and its indexes in this transaction so far: rows read by
+/// sequential scans, and index entries read (an index-only scan reads no row).
+async fn entries_read(tx: &mut sqlx::PgConnection, table: &str) -> i64 {
+    sqlx::query_scalar(
+        "select sum(pg_stat_get_xact_tuples_returned(c.oid))::bigint from pg_class c
+         where c.oid = $1::regclass
+            or c.oid in (select indexrelid from pg_index where indrelid = $1::regclass)",
+    )
+    .bind(table)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap()
+}
+
+/// A scrape counts the mandates and charges under way now, reading only their index entries,
+/// and the settled ones (which only grow) at most once per `METRICS_RECOUNT_SECS`: its cost
+/// does not grow with the tables, however often it is scraped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_reads_the_rows_under_way_and_counts_the_settled_ones_once_a_recount() {
+    let recount = Duration::from_secs(3);
+    let app = TestApp::with(|c| c.metrics_recount = recount).await;
+    app.active_mandate().await;
+    let mandate: uuid::Uuid = sqlx::query_scalar("select id from mandate")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    // Months of billing: 20,000 settled charges, and 3 under way.
+    sqlx::query(
+        "insert into charge (id, mandate_id, status, amount, currency, customer_id,
+                             payment_method_id, idempotency_key, request_hash)
+         select gen_random_uuid(), $1,
+                case when g <= 3 then (array['pending', 'processing', 'needs_review'])[g]
+                     when g % 10 = 0 then 'failed' else 'succeeded' end,
+                500, 'ZAR', 'cus_1', 'pmt_1', 'key_' || g, 'h'
+         from generate_series(1, 20003) g",
+    )
+    .bind(mandate)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    // Analyzed, as autovacuum would have.
+    sqlx::query("analyze charge, mandate")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let scrape = async || app.metrics().await.body.as_str().unwrap().to_owned();
+    let charges = |text: &str, status: &str| sample(text, "charges", &[("status", status)]);
+    let first = scrape().await;
+    for (status, n) in [
+        ("pending", 1.0),
+        ("processing", 1.0),
+        ("needs_review", 1.0),
+        ("succeeded", 18_000.0),
+        ("failed", 2_000.0),
+    ] {
+        assert_eq!(charges(&first, status), Some(n), "{status}");
+    }
+    assert_eq!(
+        sample(&first, "mandates", &[("status", "active")]),
+        Some(1.0)
+    );
+
+    // One charge under way settles: the next scrape sees it leave `processing` now, and
+    // reports the settled count it took less than METRICS_RECOUNT_SECS ago.
+    sqlx::query("update charge set status = 'succeeded' where status = 'processing'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let second = scrape().await;
+    assert_eq!(charges(&second, "processing"), Some(0.0));
+    assert_eq!(charges(&second, "succeeded"), Some(18_000.0));
+    let age = sample(&second, "metrics_settled_count_age_seconds", &[]).unwrap();
+    assert!(age < recount.as_secs_f64(), "{age}");
+
+    // Such a scrape reads the index entries of the rows under way, not the table.
+    let mut tx = app.db.begin().await.unwrap();
+    let before = entries_read(&mut tx, "charge").await;
+    app.state.counts.counts(&mut tx).await.unwrap();
+    let read = entries_read(&mut tx, "charge").await - before;
+    tx.rollback().await.unwrap();
+    assert!(read <= 10, "a scrape read {read} entries of charge");
+
+    // Once the count is METRICS_RECOUNT_SECS old, the next scrape counts again.
+    tokio::time::sleep(recount).await;
+    let third = scrape().await;
+    assert_eq!(charges(&third, "succeeded"), Some(18_001.0));
+    assert_eq!(charges(&third, "processing"), Some(0.0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_id_is_returned_and_sent_on_to_moment() {
     let app = TestApp::new().await;
