@@ -211,24 +211,41 @@ pub struct Upcoming {
     pub blocked_by: Option<String>,
 }
 
+/// What a mandate's terms count already, for a preview.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counting<'a> {
+    /// Payments that count toward `max_occurrences`.
+    pub used: i64,
+    /// Payments that count toward the period limits, with their times.
+    pub counted: &'a [(OffsetDateTime, i64)],
+    /// The charges the mandate's other subscriptions are due to make, by time.
+    pub others: &'a [(OffsetDateTime, i64)],
+}
+
 /// The next `k` charges from period `from`, each held to `terms` as it would be on its day,
-/// given the payments that count already (`used` in all, `counted` with their times) and the
-/// previewed ones before it.
+/// given what counts already, the previewed ones before it, and the other subscriptions'
+/// charges due at or before it, each counted first (when the terms let it through).
 pub fn preview(
     schedule: &Schedule,
     from: u32,
     k: usize,
     amount: i64,
     terms: &Terms,
-    used: i64,
-    counted: &[(OffsetDateTime, i64)],
+    counting: Counting<'_>,
 ) -> Vec<Upcoming> {
-    let mut taken: Vec<(OffsetDateTime, i64)> = counted.to_vec();
-    let mut used = used;
+    let mut taken: Vec<(OffsetDateTime, i64)> = counting.counted.to_vec();
+    let mut used = counting.used;
+    let mut others = counting.others.iter().copied().peekable();
     schedule
         .preview(from, k)
         .into_iter()
         .map(|(period, at)| {
+            while let Some((t, a)) = others.next_if(|(t, _)| *t <= at) {
+                if blocked(terms, a, t, used, &taken).is_none() {
+                    used += 1;
+                    taken.push((t, a));
+                }
+            }
             let blocked_by = blocked(terms, amount, at, used, &taken);
             if blocked_by.is_none() {
                 used += 1;
@@ -321,7 +338,17 @@ mod tests {
         .unwrap();
         // One payment made: two more pass, then max_occurrences stops the rest.
         let s = monthly(31);
-        let p = preview(&s, 0, 4, 5000, &terms, 1, &[]);
+        let p = preview(
+            &s,
+            0,
+            4,
+            5000,
+            &terms,
+            Counting {
+                used: 1,
+                ..Counting::default()
+            },
+        );
         assert_eq!(
             p.iter().map(|u| u.blocked_by.clone()).collect::<Vec<_>>(),
             [
@@ -332,18 +359,87 @@ mod tests {
             ]
         );
         let dec = s.at(0).unwrap();
-        let p = preview(&s, 0, 2, 5000, &terms, 0, &[(dec, 5000)]);
+        let p = preview(
+            &s,
+            0,
+            2,
+            5000,
+            &terms,
+            Counting {
+                counted: &[(dec, 5000)],
+                ..Counting::default()
+            },
+        );
         assert_eq!(
             p[0].blocked_by.as_deref(),
             Some("period_limits.max_count: 1 a month already used")
         );
         assert_eq!(p[1].blocked_by, None);
         assert_eq!(
-            preview(&s, 0, 1, 6000, &terms, 0, &[])[0]
+            preview(&s, 0, 1, 6000, &terms, Counting::default())[0]
                 .blocked_by
                 .as_deref(),
             Some("amount: 6000 is outside the mandate's terms")
         );
+    }
+
+    #[test]
+    fn the_preview_counts_the_mandates_other_subscriptions_first() {
+        let terms: Terms = serde_json::from_value(serde_json::json!({
+            "max_occurrences": 4, "period_limits": {"period": "month", "max_count": 1}
+        }))
+        .unwrap();
+        // This subscription bills on the 15th; another on the same mandate bills on the 2nd
+        // of January and February only, and a third at the same moment as this one in March.
+        let s = monthly(15);
+        let at = |d: time::Date| d.with_time(time!(07:00)).assume_utc();
+        let others = [
+            (at(date!(2027 - 01 - 02)), 100),
+            (at(date!(2027 - 02 - 02)), 100),
+            (s.at(3).unwrap(), 100),
+        ];
+        let p = preview(
+            &s,
+            0,
+            6,
+            500,
+            &terms,
+            Counting {
+                others: &others,
+                ..Counting::default()
+            },
+        );
+        assert_eq!(
+            p.iter().map(|u| u.blocked_by.clone()).collect::<Vec<_>>(),
+            [
+                None,
+                Some("period_limits.max_count: 1 a month already used".into()),
+                Some("period_limits.max_count: 1 a month already used".into()),
+                // Four payments in all by March's: December's, and the other three (the one
+                // due at the same moment counted first).
+                Some("max_occurrences: 4 of 4 used".into()),
+                Some("max_occurrences: 4 of 4 used".into()),
+                Some("max_occurrences: 4 of 4 used".into()),
+            ]
+        );
+        // Another subscription's charge that the terms refuse takes nothing.
+        let capped: Terms = serde_json::from_value(serde_json::json!({
+            "amount": {"max": 1000}, "period_limits": {"period": "month", "max_count": 1}
+        }))
+        .unwrap();
+        let refused = [(at(date!(2027 - 01 - 02)), 5000)];
+        let p = preview(
+            &s,
+            1,
+            1,
+            500,
+            &capped,
+            Counting {
+                others: &refused,
+                ..Counting::default()
+            },
+        );
+        assert_eq!(p[0].blocked_by, None);
     }
 
     #[test]

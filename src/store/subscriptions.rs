@@ -74,6 +74,27 @@ pub async fn by_idempotency_key(
         .await
 }
 
+/// Up to `limit` of the mandate's live subscriptions other than `except` that will charge
+/// again (none cancelled at the end of its period), oldest first.
+pub async fn live_siblings(
+    conn: impl PgExecutor<'_>,
+    mandate_id: Uuid,
+    except: Uuid,
+    limit: i64,
+) -> sqlx::Result<Vec<Subscription>> {
+    sqlx::query_as(
+        "select * from subscription
+         where mandate_id = $1 and id <> $2 and status in ('active', 'past_due')
+           and not cancel_at_period_end and next_charge_at is not null
+         order by id limit $3",
+    )
+    .bind(mandate_id)
+    .bind(except)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
 /// Filters of `GET /subscriptions`.
 #[derive(Debug, Default)]
 pub struct Filter {

@@ -23,6 +23,10 @@ use crate::store::{charges, mandates};
 /// Charges shown in a subscription's preview.
 pub const PREVIEW: usize = 12;
 
+/// The mandate's other subscriptions a preview counts, at most, and their charges each.
+const SIBLINGS: i64 = 100;
+const SIBLING_CHARGES: usize = 400;
+
 /// A checked `POST /subscriptions`.
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
@@ -338,14 +342,36 @@ pub async fn view(state: &AppState, s: &Subscription) -> Result<SubscriptionResp
         counted.push((mandate.created_at, mandate.amount));
     }
     let from = s.next_period.max(0) as u32;
+    // The mandate's other subscriptions are held to the same terms, counted together: their
+    // charges due up to this one's last previewed charge take their share first.
+    let mut others = Vec::new();
+    if let Some((_, horizon)) = schedule.preview(from, PREVIEW).last().copied() {
+        for o in store::live_siblings(&mut *conn, mandate.id, s.id, SIBLINGS).await? {
+            let Ok(theirs) = o.schedule.0.schedule() else {
+                continue;
+            };
+            let n = o.next_period.max(0) as u32;
+            others.extend(
+                (n..=u32::MAX)
+                    .map_while(|k| theirs.at(k))
+                    .take(SIBLING_CHARGES)
+                    .take_while(|at| *at <= horizon)
+                    .map(|at| (at, o.amount)),
+            );
+        }
+        others.sort_by_key(|(at, _)| *at);
+    }
     out.preview = Some(subscription::preview(
         &schedule,
         from,
         PREVIEW,
         s.amount,
         &terms,
-        ledger.occurrences_used,
-        &counted,
+        subscription::Counting {
+            used: ledger.occurrences_used,
+            counted: &counted,
+            others: &others,
+        },
     ));
     Ok(out)
 }

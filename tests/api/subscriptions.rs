@@ -281,6 +281,74 @@ async fn a_lost_card_is_not_retried_and_the_subscription_is_paused() {
     );
 }
 
+/// Two subscriptions on one mandate share its terms: the preview of each counts the other's
+/// charges due before its own, and says which of its charges the terms will refuse, as the
+/// scheduler then does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preview_counts_the_mandates_other_subscriptions_as_the_scheduler_will() {
+    let stack = start_stack(|_| {}).await;
+    let m = mandate(
+        &stack,
+        "shared",
+        CARD,
+        json!({"period_limits": {"period": "month", "max_count": 1}}),
+    )
+    .await;
+    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
+    let monthly_on = |day: i64| {
+        json!({"mandate_id": m["id"], "amount": 5000, "interval": {"unit": "month", "count": 1},
+               "day_of_month": day, "start_date": tomorrow.to_string()})
+    };
+    let first = subscribe(&stack, "on-2nd", monthly_on(2)).await;
+    let second = subscribe(&stack, "on-3rd", monthly_on(3)).await;
+    let preview = |sub: &Value| -> Vec<(OffsetDateTime, Value)> {
+        sub["preview"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (instant(&p["at"]), p["blocked_by"].clone()))
+            .collect()
+    };
+    // The first subscription's charge comes first in each month it bills: nothing stops it.
+    let firsts = preview(&show(&stack, &first).await);
+    assert_eq!(firsts.len(), 12);
+    assert!(firsts.iter().all(|(_, b)| b.is_null()), "{firsts:?}");
+    // The second's is refused in every month where the first has charged before it.
+    let seconds = preview(&second);
+    assert_eq!(seconds.len(), 12);
+    let month = |t: &OffsetDateTime| {
+        let d = sast(*t);
+        (d.year(), d.month())
+    };
+    for (at, blocked) in &seconds {
+        let taken = firsts.iter().any(|(a, _)| month(a) == month(at) && a < at);
+        let expected = if taken {
+            json!("period_limits.max_count: 1 a month already used")
+        } else {
+            Value::Null
+        };
+        assert_eq!(blocked, &expected, "{at}: {seconds:?}");
+    }
+    assert!(seconds.iter().filter(|(_, b)| !b.is_null()).count() >= 11);
+
+    // The scheduler agrees: past both subscriptions' first charges, the first has charged and
+    // the second was refused by the terms.
+    advance_to(&stack, firsts[0].0.max(seconds[0].0) + Duration::hours(1)).await;
+    let charges = charges_of(&stack, &first).await;
+    assert_eq!(charges.len(), 1, "{charges:?}");
+    assert_eq!(charges[0].2, "succeeded", "{charges:?}");
+    let after = show(&stack, &second).await;
+    if seconds[0].1.is_null() {
+        assert_eq!(charges_of(&stack, &second).await.len(), 1);
+    } else {
+        assert!(charges_of(&stack, &second).await.is_empty());
+        assert_eq!(
+            after["last_failure"]["term"], "period_limits.max_count",
+            "{after}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mandates_terms_stop_a_scheduled_charge_before_moment_and_the_preview_says_which() {
     let stack = start_stack(|_| {}).await;
