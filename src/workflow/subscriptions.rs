@@ -23,9 +23,12 @@ use crate::store::{charges, mandates};
 /// Charges shown in a subscription's preview.
 pub const PREVIEW: usize = 12;
 
-/// The mandate's other subscriptions a preview counts, at most, and their charges each.
+/// The mandate's other subscriptions a preview counts, at most, their charges each, and their
+/// charges in all (the earliest): each previewed charge is checked against those before it, so
+/// the work of a preview stays bounded, however many subscriptions a mandate carries.
 const SIBLINGS: i64 = 100;
 const SIBLING_CHARGES: usize = 400;
+const OTHERS: usize = 1000;
 
 /// A checked `POST /subscriptions`.
 #[derive(Debug, Clone)]
@@ -360,6 +363,7 @@ pub async fn view(state: &AppState, s: &Subscription) -> Result<SubscriptionResp
             );
         }
         others.sort_by_key(|(at, _)| *at);
+        others.truncate(OTHERS);
     }
     out.preview = Some(subscription::preview(
         &schedule,
