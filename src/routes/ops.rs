@@ -12,6 +12,7 @@ use crate::domain::{ChargeStatus, MandateStatus};
 use crate::error::{ApiError, Problem};
 use crate::metrics;
 use crate::state::AppState;
+use crate::store::counts;
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz", security(()),
@@ -51,26 +52,21 @@ pub async fn render(State(state): State<AppState>) -> Response {
     gauge!("db_pool_max_connections").set(f64::from(pool.options().get_max_connections()));
     let waiting = (metrics::db_work_in_flight() - in_use).max(0);
     gauge!("db_pool_waiting").set(waiting as f64);
-    let counts = async {
-        let mut conn = pool.acquire().await?;
-        state.counts.counts(&mut conn).await
-    };
-    match counts.await {
+    match state.counts.counts(pool).await {
         Ok(counts) => {
+            let settled = counts.settled_age.is_some();
+            let mandates = MandateStatus::ALL
+                .iter()
+                .map(|s| (s.as_str(), counts::OPEN_MANDATE.contains(s)));
+            let charges = ChargeStatus::ALL
+                .iter()
+                .map(|s| (s.as_str(), counts::OPEN_CHARGE.contains(s)));
             for (table, statuses) in [
-                (
-                    "mandates",
-                    MandateStatus::ALL
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>(),
-                ),
-                (
-                    "charges",
-                    ChargeStatus::ALL.iter().map(|s| s.as_str()).collect(),
-                ),
+                ("mandates", mandates.collect::<Vec<_>>()),
+                ("charges", charges.collect()),
             ] {
-                for status in statuses {
+                // A settled status is left as it was until its first count has ended.
+                for (status, _) in statuses.into_iter().filter(|(_, open)| *open || settled) {
                     let n = counts
                         .rows
                         .iter()
@@ -79,13 +75,15 @@ pub async fn render(State(state): State<AppState>) -> Response {
                     gauge!(table, "status" => status).set(n as f64);
                 }
             }
-            gauge!("metrics_settled_count_age_seconds").set(counts.settled_age.as_secs_f64());
             gauge!("metrics_database_up").set(1.0);
         }
         Err(e) => {
             tracing::warn!(error = %e, "metrics: cannot count mandates and charges");
             gauge!("metrics_database_up").set(0.0);
         }
+    }
+    if let Some(age) = state.counts.settled_age() {
+        gauge!("metrics_settled_count_age_seconds").set(age.as_secs_f64());
     }
     (
         StatusCode::OK,

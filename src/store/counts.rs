@@ -1,12 +1,16 @@
 //! Mandates and charges by status, for `GET /metrics`, at a cost that does not grow with the
-//! tables: the statuses of work under way (a mandate `pending`; a charge `pending`,
-//! `processing` or `needs_review`) are counted at every scrape through the status indexes,
-//! reading only their own rows; the settled statuses, which only grow, are counted at most
-//! once per `METRICS_RECOUNT_SECS` and reused in between.
+//! tables at every scrape. The statuses of work under way (a mandate `pending`; a charge
+//! `pending`, `processing` or `needs_review`) are counted at every scrape, through the status
+//! indexes, reading only their own rows. The settled statuses, nearly every row and seldom
+//! left, are counted in a task of their own at most once per `METRICS_RECOUNT_SECS` (one count
+//! at a time, whatever the scrapes do), and a scrape reports the latest count: a row that
+//! settles leaves its status under way at once and shows in its settled one at the next count.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{ChargeStatus, MandateStatus};
 
@@ -19,74 +23,142 @@ pub const OPEN_CHARGE: &[ChargeStatus] = &[
     ChargeStatus::NeedsReview,
 ];
 
+/// How long a scrape waits for a count of the settled statuses it found due, before it
+/// reports the count before it.
+const WAIT: Duration = Duration::from_secs(2);
+
 /// Rows by status: `(table, status, rows)`, statuses without rows left out.
 pub type Counted = Vec<(String, String, i64)>;
 
-/// The counts `GET /metrics` reports, and how old the settled statuses' counts are.
-pub struct Counts {
-    pub rows: Counted,
-    pub settled_age: Duration,
+/// The settled statuses' latest count.
+#[derive(Clone)]
+struct Settled {
+    /// When the count began (how old its figures are) and when it ended (when the next is due).
+    began: Instant,
+    ended: Instant,
+    rows: Arc<Counted>,
 }
 
-/// The settled statuses' last count, shared by the scrapes of one process.
+/// What a scrape reports.
+pub struct Counts {
+    /// The statuses under way, counted now, and the settled ones as last counted (none before
+    /// the first count has ended).
+    pub rows: Counted,
+    /// How old the settled statuses' figures are; `None` before the first count has ended.
+    pub settled_age: Option<Duration>,
+}
+
+/// The settled statuses' counts, shared by the scrapes of one process.
 pub struct Recount {
     every: Duration,
-    settled: tokio::sync::Mutex<Option<(Instant, Counted)>>,
+    latest: tokio::sync::watch::Sender<Option<Settled>>,
+    counting: AtomicBool,
+}
+
+/// Lets the next count begin when a count's task ends, however it ends.
+struct Counting(Arc<Recount>);
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        self.0.counting.store(false, Ordering::Release);
+    }
 }
 
 impl Recount {
-    /// Settled statuses counted again once their count is `every` old (zero: every scrape).
+    /// The settled statuses are counted again once their last count ended `every` ago (zero:
+    /// at every scrape).
     pub fn new(every: Duration) -> Self {
         Self {
             every,
-            settled: tokio::sync::Mutex::new(None),
+            latest: tokio::sync::watch::Sender::new(None),
+            counting: AtomicBool::new(false),
         }
     }
 
-    /// Every status's rows: those under way counted now, the settled ones counted now only
-    /// when their last count is `every` old or there is none. Scrapes that come together wait
-    /// for one count rather than each making its own.
-    pub async fn counts(&self, conn: &mut PgConnection) -> sqlx::Result<Counts> {
-        let mut rows = count(&mut *conn, true).await?;
-        let mut settled = self.settled.lock().await;
-        let fresh = settled
+    /// The statuses under way counted now, with the settled ones as last counted. When that
+    /// count is due, one begins in a task of its own (a scrape that gives up does not stop it)
+    /// and the scrape waits up to [`WAIT`] for it.
+    pub async fn counts(self: &Arc<Self>, db: &PgPool) -> sqlx::Result<Counts> {
+        let mut latest = self.latest.subscribe();
+        let due = latest
+            .borrow()
             .as_ref()
-            .is_some_and(|(at, _)| at.elapsed() < self.every);
-        if !fresh {
-            *settled = Some((Instant::now(), count(&mut *conn, false).await?));
+            .is_none_or(|s| s.ended.elapsed() >= self.every);
+        if due {
+            self.begin(db);
         }
-        let (at, counted) = settled.as_ref().expect("counted above");
-        rows.extend(counted.iter().cloned());
+        let mut rows = {
+            let mut conn = db.acquire().await?;
+            open(&mut conn).await?
+        };
+        if due {
+            let _ = tokio::time::timeout(WAIT, latest.changed()).await;
+        }
+        let settled = latest.borrow().clone();
+        if let Some(s) = &settled {
+            rows.extend(s.rows.iter().cloned());
+        }
         Ok(Counts {
             rows,
-            settled_age: at.elapsed(),
+            settled_age: settled.map(|s| s.began.elapsed()),
         })
+    }
+
+    /// How old the settled statuses' figures are, if they were ever counted.
+    pub fn settled_age(&self) -> Option<Duration> {
+        self.latest.borrow().as_ref().map(|s| s.began.elapsed())
+    }
+
+    /// Begins a count of the settled statuses unless one is under way.
+    fn begin(self: &Arc<Self>, db: &PgPool) {
+        if self.counting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let counting = Counting(Arc::clone(self));
+        let db = db.clone();
+        tokio::spawn(async move {
+            let began = Instant::now();
+            let counted = async {
+                let mut conn = db.acquire().await?;
+                count(&mut conn, false).await
+            }
+            .await;
+            match counted {
+                Ok(rows) => {
+                    counting.0.latest.send_replace(Some(Settled {
+                        began,
+                        ended: Instant::now(),
+                        rows: Arc::new(rows),
+                    }));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: cannot count the settled mandates and charges")
+                }
+            }
+            drop(counting);
+        });
     }
 }
 
-/// Rows by status of the statuses under way (`open`) or of the others, in one statement. The
-/// statuses are named, so that each count reads the status index's range of its own.
+/// Rows by status of the statuses under way, reading only their index entries.
+pub async fn open(conn: &mut PgConnection) -> sqlx::Result<Counted> {
+    count(conn, true).await
+}
+
+/// Rows by status of the statuses under way (`open`) or of the settled ones, in one
+/// statement. The statuses are named, so that each count reads its own range of the status
+/// index.
 async fn count(conn: &mut PgConnection, open: bool) -> sqlx::Result<Counted> {
-    let pick = |all: &[&'static str], under_way: &[&'static str]| -> Vec<&'static str> {
-        all.iter()
-            .copied()
-            .filter(|s| under_way.contains(s) == open)
-            .collect()
-    };
-    let mandate = pick(
-        &MandateStatus::ALL
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>(),
-        &OPEN_MANDATE.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-    );
-    let charge = pick(
-        &ChargeStatus::ALL
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>(),
-        &OPEN_CHARGE.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-    );
+    let mandate: Vec<&str> = MandateStatus::ALL
+        .iter()
+        .filter(|s| OPEN_MANDATE.contains(s) == open)
+        .map(|s| s.as_str())
+        .collect();
+    let charge: Vec<&str> = ChargeStatus::ALL
+        .iter()
+        .filter(|s| OPEN_CHARGE.contains(s) == open)
+        .map(|s| s.as_str())
+        .collect();
     sqlx::query_as(
         "select 'mandates', status, count(*) from mandate where status = any($1) group by status
          union all
