@@ -222,6 +222,51 @@ pub struct Counting<'a> {
     pub others: &'a [(OffsetDateTime, i64)],
 }
 
+/// Another live subscription of the mandate, as a preview counts it.
+#[derive(Debug, Clone)]
+pub struct Sibling {
+    pub schedule: Schedule,
+    /// Its next period to charge.
+    pub from: u32,
+    pub amount: i64,
+    /// A retry of a failed period waiting (`past_due`).
+    pub retry_at: Option<OffsetDateTime>,
+    /// When it resumes (`paused` with a `resume_at`): periods due before are not charged.
+    pub resumes_at: Option<OffsetDateTime>,
+}
+
+/// The charges the mandate's other subscriptions are due to make up to `horizon`, by time:
+/// each one's waiting retry and its periods from its next (from the first due once it
+/// resumes, if paused), at most `each` periods of one, and the earliest `total` in all.
+pub fn others_due(
+    siblings: &[Sibling],
+    horizon: OffsetDateTime,
+    each: usize,
+    total: usize,
+) -> Vec<(OffsetDateTime, i64)> {
+    let mut out = Vec::new();
+    for s in siblings {
+        out.extend(s.retry_at.filter(|t| *t <= horizon).map(|t| (t, s.amount)));
+        let from = match s.resumes_at {
+            Some(t) => match s.schedule.first_due_at_or_after(t) {
+                Some(n) => n.max(s.from),
+                None => continue,
+            },
+            None => s.from,
+        };
+        out.extend(
+            (from..=u32::MAX)
+                .map_while(|n| s.schedule.at(n))
+                .take(each)
+                .take_while(|at| *at <= horizon)
+                .map(|at| (at, s.amount)),
+        );
+    }
+    out.sort_by_key(|(at, _)| *at);
+    out.truncate(total);
+    out
+}
+
 /// The next `k` charges from period `from`, each held to `terms` as it would be on its day,
 /// given what counts already, the previewed ones before it, and the other subscriptions'
 /// charges due at or before it, each counted first (when the terms let it through).
@@ -440,6 +485,63 @@ mod tests {
             },
         );
         assert_eq!(p[0].blocked_by, None);
+    }
+
+    #[test]
+    fn the_others_due_are_their_retries_and_their_periods_from_the_next_or_the_resumption() {
+        let at = |d: time::Date| d.with_time(time!(07:00)).assume_utc();
+        let siblings = [
+            Sibling {
+                schedule: monthly(2),
+                from: 1,
+                amount: 1,
+                retry_at: None,
+                resumes_at: None,
+            },
+            Sibling {
+                schedule: monthly(20),
+                from: 2,
+                amount: 2,
+                retry_at: Some(at(date!(2027 - 01 - 05))),
+                resumes_at: None,
+            },
+            Sibling {
+                schedule: monthly(10),
+                from: 0,
+                amount: 3,
+                retry_at: None,
+                resumes_at: Some(at(date!(2027 - 03 - 01))),
+            },
+        ];
+        let horizon = at(date!(2027 - 04 - 30));
+        assert_eq!(
+            others_due(&siblings, horizon, 400, 1000),
+            [
+                (at(date!(2027 - 01 - 02)), 1),
+                (at(date!(2027 - 01 - 05)), 2),
+                (at(date!(2027 - 02 - 02)), 1),
+                (at(date!(2027 - 02 - 20)), 2),
+                (at(date!(2027 - 03 - 02)), 1),
+                (at(date!(2027 - 03 - 10)), 3),
+                (at(date!(2027 - 03 - 20)), 2),
+                (at(date!(2027 - 04 - 02)), 1),
+                (at(date!(2027 - 04 - 10)), 3),
+                (at(date!(2027 - 04 - 20)), 2),
+            ]
+        );
+        // At most `each` periods of one, and the earliest `total` in all.
+        let capped = others_due(&siblings, horizon, 2, 1000);
+        assert_eq!(capped.iter().filter(|(_, a)| *a == 1).count(), 2);
+        assert_eq!(capped.iter().filter(|(_, a)| *a == 2).count(), 3);
+        assert_eq!(capped.iter().filter(|(_, a)| *a == 3).count(), 2);
+        assert_eq!(
+            others_due(&siblings, horizon, 400, 3),
+            [
+                (at(date!(2027 - 01 - 02)), 1),
+                (at(date!(2027 - 01 - 05)), 2),
+                (at(date!(2027 - 02 - 02)), 1),
+            ]
+        );
     }
 
     #[test]

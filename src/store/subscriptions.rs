@@ -74,8 +74,9 @@ pub async fn by_idempotency_key(
         .await
 }
 
-/// Up to `limit` of the mandate's live subscriptions other than `except` that will charge
-/// again (none cancelled at the end of its period), oldest first.
+/// Up to `limit` of the mandate's subscriptions other than `except` that will charge again:
+/// active or past due, or paused until a set time; none cancelled at the end of its period.
+/// Oldest first.
 pub async fn live_siblings(
     conn: impl PgExecutor<'_>,
     mandate_id: Uuid,
@@ -84,8 +85,9 @@ pub async fn live_siblings(
 ) -> sqlx::Result<Vec<Subscription>> {
     sqlx::query_as(
         "select * from subscription
-         where mandate_id = $1 and id <> $2 and status in ('active', 'past_due')
-           and not cancel_at_period_end and next_charge_at is not null
+         where mandate_id = $1 and id <> $2
+           and (status in ('active', 'past_due') or (status = 'paused' and resume_at is not null))
+           and not cancel_at_period_end
          order by id limit $3",
     )
     .bind(mandate_id)

@@ -23,11 +23,13 @@ use crate::store::{charges, mandates};
 /// Charges shown in a subscription's preview.
 pub const PREVIEW: usize = 12;
 
-/// The mandate's other subscriptions a preview counts, at most, their charges each, and their
-/// charges in all (the earliest): each previewed charge is checked against those before it, so
-/// the work of a preview stays bounded, however many subscriptions a mandate carries.
+/// The mandate's other subscriptions a preview counts, at most: each previewed charge is
+/// checked against the charges before it, so the work of a preview stays bounded however many
+/// subscriptions a mandate carries.
 const SIBLINGS: i64 = 100;
+/// The periods of one other subscription a preview counts, at most.
 const SIBLING_CHARGES: usize = 400;
+/// The other subscriptions' charges a preview counts, at most (the earliest).
 const OTHERS: usize = 1000;
 
 /// A checked `POST /subscriptions`.
@@ -349,21 +351,25 @@ pub async fn view(state: &AppState, s: &Subscription) -> Result<SubscriptionResp
     // charges due up to this one's last previewed charge take their share first.
     let mut others = Vec::new();
     if let Some((_, horizon)) = schedule.preview(from, PREVIEW).last().copied() {
-        for o in store::live_siblings(&mut *conn, mandate.id, s.id, SIBLINGS).await? {
-            let Ok(theirs) = o.schedule.0.schedule() else {
-                continue;
-            };
-            let n = o.next_period.max(0) as u32;
-            others.extend(
-                (n..=u32::MAX)
-                    .map_while(|k| theirs.at(k))
-                    .take(SIBLING_CHARGES)
-                    .take_while(|at| *at <= horizon)
-                    .map(|at| (at, o.amount)),
-            );
-        }
-        others.sort_by_key(|(at, _)| *at);
-        others.truncate(OTHERS);
+        let siblings: Vec<subscription::Sibling> =
+            store::live_siblings(&mut *conn, mandate.id, s.id, SIBLINGS)
+                .await?
+                .into_iter()
+                .filter_map(|o| {
+                    Some(subscription::Sibling {
+                        schedule: o.schedule.0.schedule().ok()?,
+                        from: o.next_period.max(0) as u32,
+                        amount: o.amount,
+                        retry_at: o
+                            .retry_at
+                            .filter(|_| o.status == SubscriptionStatus::PastDue),
+                        resumes_at: o
+                            .resume_at
+                            .filter(|_| o.status == SubscriptionStatus::Paused),
+                    })
+                })
+                .collect();
+        others = subscription::others_due(&siblings, horizon, SIBLING_CHARGES, OTHERS);
     }
     out.preview = Some(subscription::preview(
         &schedule,
