@@ -262,3 +262,54 @@ async fn the_docs_page_is_served() {
         "the page carries the document"
     );
 }
+
+/// Every setting the binary reads from the environment is in the README, and every one the
+/// service's `.env.example` names is one the binary reads: an operator finds each setting
+/// where the README says, under the name the binary uses.
+#[test]
+fn every_setting_is_documented_under_the_name_the_binary_reads() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let read = |path: &str| std::fs::read_to_string(format!("{root}/{path}")).unwrap();
+    let cli = read("src/cli.rs");
+    let readme = read("README.md");
+    let mut settings: BTreeSet<&str> = cli
+        .split("env = \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(settings.len() > 40, "{settings:?}");
+    // The README's tables name settings in cells of their own: `NAME`, or `A`, `B`.
+    let named: BTreeSet<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .flat_map(|l| l.split('|'))
+        .filter_map(|cell| {
+            let names: Option<Vec<&str>> = cell
+                .trim()
+                .split(", ")
+                .map(|n| n.strip_prefix('`')?.strip_suffix('`'))
+                .collect();
+            names
+        })
+        .flatten()
+        .collect();
+    let missing: Vec<&&str> = settings.iter().filter(|s| !named.contains(**s)).collect();
+    assert!(
+        missing.is_empty(),
+        "not in the README's tables: {missing:?}"
+    );
+    // Read by the log filter rather than by the arguments.
+    settings.insert("RUST_LOG");
+    let example = read(".env.example");
+    let unknown: Vec<&str> = example
+        .lines()
+        .map(|l| l.trim_start_matches('#').trim())
+        .filter_map(|l| l.split_once('=').map(|(name, _)| name))
+        .filter(|name| {
+            !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                && !settings.contains(name)
+        })
+        .collect();
+    assert!(unknown.is_empty(), "read by nothing: {unknown:?}");
+}
