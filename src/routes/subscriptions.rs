@@ -22,7 +22,8 @@ use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 use crate::store::subscriptions as store;
 use crate::workflow::scheduler::{self, Advanced};
-use crate::workflow::subscriptions::{self as flow, CreateRequest};
+use crate::workflow::schedules::CreateRequest;
+use crate::workflow::subscriptions as flow;
 
 time::serde::format_description!(iso_date, Date, "[year]-[month]-[day]");
 

@@ -9,6 +9,7 @@ pub mod events;
 pub mod mandates;
 pub mod outbound;
 pub mod scheduler;
+pub mod schedules;
 pub mod subscriptions;
 pub mod terms;
 
