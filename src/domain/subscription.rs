@@ -237,7 +237,8 @@ pub struct Sibling {
 
 /// The charges the mandate's other subscriptions are due to make up to `horizon`, by time:
 /// each one's waiting retry and its periods from its next (from the first due once it
-/// resumes, if paused), at most `each` periods of one, and the earliest `total` in all.
+/// resumes, if paused; none before its retry, as the scheduler holds a period while a retry
+/// waits), at most `each` periods of one, and the earliest `total` in all.
 pub fn others_due(
     siblings: &[Sibling],
     horizon: OffsetDateTime,
@@ -258,6 +259,7 @@ pub fn others_due(
             (from..=u32::MAX)
                 .map_while(|n| s.schedule.at(n))
                 .take(each)
+                .map(|at| s.retry_at.map_or(at, |r| at.max(r)))
                 .take_while(|at| *at <= horizon)
                 .map(|at| (at, s.amount)),
         );
@@ -498,13 +500,15 @@ mod tests {
                 retry_at: None,
                 resumes_at: None,
             },
+            // A retry waiting: its period of 20 February is held until the retry.
             Sibling {
                 schedule: monthly(20),
                 from: 2,
                 amount: 2,
-                retry_at: Some(at(date!(2027 - 01 - 05))),
+                retry_at: Some(at(date!(2027 - 02 - 25))),
                 resumes_at: None,
             },
+            // Paused until 1 March: from its first period after.
             Sibling {
                 schedule: monthly(10),
                 from: 0,
@@ -512,34 +516,44 @@ mod tests {
                 retry_at: None,
                 resumes_at: Some(at(date!(2027 - 03 - 01))),
             },
+            // Paused until 1 January, its next period in March: from March.
+            Sibling {
+                schedule: monthly(15),
+                from: 3,
+                amount: 4,
+                retry_at: None,
+                resumes_at: Some(at(date!(2027 - 01 - 01))),
+            },
         ];
         let horizon = at(date!(2027 - 04 - 30));
         assert_eq!(
             others_due(&siblings, horizon, 400, 1000),
             [
                 (at(date!(2027 - 01 - 02)), 1),
-                (at(date!(2027 - 01 - 05)), 2),
                 (at(date!(2027 - 02 - 02)), 1),
-                (at(date!(2027 - 02 - 20)), 2),
+                (at(date!(2027 - 02 - 25)), 2),
+                (at(date!(2027 - 02 - 25)), 2),
                 (at(date!(2027 - 03 - 02)), 1),
                 (at(date!(2027 - 03 - 10)), 3),
+                (at(date!(2027 - 03 - 15)), 4),
                 (at(date!(2027 - 03 - 20)), 2),
                 (at(date!(2027 - 04 - 02)), 1),
                 (at(date!(2027 - 04 - 10)), 3),
+                (at(date!(2027 - 04 - 15)), 4),
                 (at(date!(2027 - 04 - 20)), 2),
             ]
         );
-        // At most `each` periods of one, and the earliest `total` in all.
+        // At most `each` periods of one (and its retry), and the earliest `total` in all.
         let capped = others_due(&siblings, horizon, 2, 1000);
-        assert_eq!(capped.iter().filter(|(_, a)| *a == 1).count(), 2);
-        assert_eq!(capped.iter().filter(|(_, a)| *a == 2).count(), 3);
-        assert_eq!(capped.iter().filter(|(_, a)| *a == 3).count(), 2);
+        for (amount, n) in [(1, 2), (2, 3), (3, 2), (4, 2)] {
+            assert_eq!(capped.iter().filter(|(_, a)| *a == amount).count(), n);
+        }
         assert_eq!(
             others_due(&siblings, horizon, 400, 3),
             [
                 (at(date!(2027 - 01 - 02)), 1),
-                (at(date!(2027 - 01 - 05)), 2),
                 (at(date!(2027 - 02 - 02)), 1),
+                (at(date!(2027 - 02 - 25)), 2),
             ]
         );
     }

@@ -75,15 +75,19 @@ pub async fn render(State(state): State<AppState>) -> Response {
                     gauge!(table, "status" => status).set(n as f64);
                 }
             }
+            if let Some(age) = counts.settled_age {
+                gauge!("metrics_settled_count_age_seconds").set(age.as_secs_f64());
+            }
             gauge!("metrics_database_up").set(1.0);
         }
         Err(e) => {
             tracing::warn!(error = %e, "metrics: cannot count mandates and charges");
             gauge!("metrics_database_up").set(0.0);
+            // The age goes on growing while nothing can be counted.
+            if let Some(age) = state.counts.settled_age() {
+                gauge!("metrics_settled_count_age_seconds").set(age.as_secs_f64());
+            }
         }
-    }
-    if let Some(age) = state.counts.settled_age() {
-        gauge!("metrics_settled_count_age_seconds").set(age.as_secs_f64());
     }
     (
         StatusCode::OK,

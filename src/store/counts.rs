@@ -2,9 +2,10 @@
 //! tables at every scrape. The statuses of work under way (a mandate `pending`; a charge
 //! `pending`, `processing` or `needs_review`) are counted at every scrape, through the status
 //! indexes, reading only their own rows. The settled statuses, nearly every row and seldom
-//! left, are counted in a task of their own at most once per `METRICS_RECOUNT_SECS` (one count
-//! at a time, whatever the scrapes do), and a scrape reports the latest count: a row that
-//! settles leaves its status under way at once and shows in its settled one at the next count.
+//! left, are counted in a task of their own at most once per `METRICS_RECOUNT_SECS` from the
+//! end of the last count, counted or failed (one count at a time, whatever the scrapes do),
+//! and a scrape reports the latest count: a row that settles leaves its status under way at
+//! once and shows in its settled one at the next count.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,10 +49,28 @@ pub struct Counts {
     pub settled_age: Option<Duration>,
 }
 
+/// The settled statuses' latest count, and when the last count that failed ended.
+#[derive(Clone, Default)]
+struct Latest {
+    settled: Option<Settled>,
+    failed: Option<Instant>,
+}
+
+impl Latest {
+    /// Whether the next count is due: `every` after the last count ended, counted or failed.
+    fn due(&self, every: Duration) -> bool {
+        let ended = match (self.settled.as_ref().map(|s| s.ended), self.failed) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        ended.is_none_or(|t| t.elapsed() >= every)
+    }
+}
+
 /// The settled statuses' counts, shared by the scrapes of one process.
 pub struct Recount {
     every: Duration,
-    latest: tokio::sync::watch::Sender<Option<Settled>>,
+    latest: tokio::sync::watch::Sender<Latest>,
     counting: AtomicBool,
 }
 
@@ -66,11 +85,11 @@ impl Drop for Counting {
 
 impl Recount {
     /// The settled statuses are counted again once their last count ended `every` ago (zero:
-    /// at every scrape).
+    /// at every scrape), whether it counted or failed.
     pub fn new(every: Duration) -> Self {
         Self {
             every,
-            latest: tokio::sync::watch::Sender::new(None),
+            latest: tokio::sync::watch::Sender::new(Latest::default()),
             counting: AtomicBool::new(false),
         }
     }
@@ -80,10 +99,7 @@ impl Recount {
     /// and the scrape waits up to [`WAIT`] for it.
     pub async fn counts(self: &Arc<Self>, db: &PgPool) -> sqlx::Result<Counts> {
         let mut latest = self.latest.subscribe();
-        let due = latest
-            .borrow()
-            .as_ref()
-            .is_none_or(|s| s.ended.elapsed() >= self.every);
+        let due = latest.borrow().due(self.every);
         if due {
             self.begin(db);
         }
@@ -94,7 +110,7 @@ impl Recount {
         if due {
             let _ = tokio::time::timeout(WAIT, latest.changed()).await;
         }
-        let settled = latest.borrow().clone();
+        let settled = latest.borrow().settled.clone();
         if let Some(s) = &settled {
             rows.extend(s.rows.iter().cloned());
         }
@@ -106,7 +122,11 @@ impl Recount {
 
     /// How old the settled statuses' figures are, if they were ever counted.
     pub fn settled_age(&self) -> Option<Duration> {
-        self.latest.borrow().as_ref().map(|s| s.began.elapsed())
+        self.latest
+            .borrow()
+            .settled
+            .as_ref()
+            .map(|s| s.began.elapsed())
     }
 
     /// Begins a count of the settled statuses unless one is under way.
@@ -115,6 +135,10 @@ impl Recount {
             return;
         }
         let counting = Counting(Arc::clone(self));
+        // A count that ended since the caller looked has made this one not due.
+        if !self.latest.borrow().due(self.every) {
+            return;
+        }
         let db = db.clone();
         tokio::spawn(async move {
             let began = Instant::now();
@@ -123,16 +147,22 @@ impl Recount {
                 count(&mut conn, false).await
             }
             .await;
+            // Either way the scrapes waiting for it are woken, and the next count is due
+            // `every` from now.
             match counted {
-                Ok(rows) => {
-                    counting.0.latest.send_replace(Some(Settled {
+                Ok(rows) => counting.0.latest.send_modify(|l| {
+                    l.settled = Some(Settled {
                         began,
                         ended: Instant::now(),
                         rows: Arc::new(rows),
-                    }));
-                }
+                    })
+                }),
                 Err(e) => {
-                    tracing::warn!(error = %e, "metrics: cannot count the settled mandates and charges")
+                    tracing::warn!(error = %e, "metrics: cannot count the settled mandates and charges");
+                    counting
+                        .0
+                        .latest
+                        .send_modify(|l| l.failed = Some(Instant::now()));
                 }
             }
             drop(counting);

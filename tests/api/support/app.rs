@@ -225,6 +225,28 @@ impl TestApp {
         }
     }
 
+    /// The rows of `table` (`mandates`, `charges`) in `status` that `GET /metrics` reports,
+    /// once the settled statuses have been counted; read from the service rather than from
+    /// the rendered text, whose recorder is the process's and shared with the tests beside.
+    pub async fn counted(&self, table: &str, status: &str) -> i64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = self.state.counts.counts(&self.db).await.unwrap();
+            if c.settled_age.is_some() {
+                return c
+                    .rows
+                    .iter()
+                    .find(|(t, s, _)| t == table && s == status)
+                    .map_or(0, |(_, _, n)| *n);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the settled statuses were never counted"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `GET /metrics` on the metrics listener's router.
     pub async fn metrics(&self) -> Reply {
         let router = moment_mandates::app::metrics_router(self.state.clone());
