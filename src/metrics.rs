@@ -1,7 +1,7 @@
 //! Prometheus metrics, the recording side: the `metrics` facade and its process-wide recorder
 //! (`metrics-exporter-prometheus`). Counters and histograms are recorded where things happen;
-//! `routes::ops` renders them, with the rows by status counted as `store::counts` says. A leaf: nothing here knows
-//! the application state.
+//! `routes::ops` renders them, with the rows by status counted as `store::counts` says. A
+//! leaf: nothing here knows the application state.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};

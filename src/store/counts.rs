@@ -59,10 +59,8 @@ struct Latest {
 impl Latest {
     /// Whether the next count is due: `every` after the last count ended, counted or failed.
     fn due(&self, every: Duration) -> bool {
-        let ended = match (self.settled.as_ref().map(|s| s.ended), self.failed) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        // (`None` orders before any `Some`: the later of the two that ended.)
+        let ended = self.settled.as_ref().map(|s| s.ended).max(self.failed);
         ended.is_none_or(|t| t.elapsed() >= every)
     }
 }
