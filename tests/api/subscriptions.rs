@@ -350,6 +350,89 @@ async fn the_preview_counts_the_mandates_other_subscriptions_as_the_scheduler_wi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preview_counts_a_paused_sibling_from_its_resumption_and_never_a_stopped_one() {
+    let stack = start_stack(|_| {}).await;
+    let m = mandate(
+        &stack,
+        "shared",
+        CARD,
+        json!({"period_limits": {"period": "month", "max_count": 1}}),
+    )
+    .await;
+    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
+    let monthly_on = |day: i64| {
+        json!({"mandate_id": m["id"], "amount": 5000, "interval": {"unit": "month", "count": 1},
+               "day_of_month": day, "start_date": tomorrow.to_string()})
+    };
+    // Three others that would each take the month's one charge before the 3rd: one paused
+    // until the first day of the fourth month from now, one paused with no end, one cancelled.
+    let resuming = subscribe(&stack, "on-2nd", monthly_on(2)).await;
+    let paused = subscribe(&stack, "on-1st", monthly_on(1)).await;
+    let cancelled = subscribe(&stack, "also-on-1st", monthly_on(1)).await;
+    let mut first_of_month = tomorrow;
+    for _ in 0..4 {
+        first_of_month = first_of_month + Duration::days(1);
+        while first_of_month.day() != 1 {
+            first_of_month = first_of_month + Duration::days(1);
+        }
+    }
+    let resume_at = first_of_month
+        .midnight()
+        .assume_offset(time::macros::offset!(+2));
+    let rfc3339 = |t: OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let path =
+        |sub: &Value, verb: &str| format!("/subscriptions/{}/{verb}", sub["id"].as_str().unwrap());
+    for (sub, verb, body) in [
+        (&resuming, "pause", json!({"resume_at": rfc3339(resume_at)})),
+        (&paused, "pause", json!({})),
+        (&cancelled, "cancel", json!({})),
+    ] {
+        let key = format!("{verb}-{}", sub["id"].as_str().unwrap());
+        let r = stack.post(&path(sub, verb), &body, &key).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+
+    // The one on the 3rd is free until the paused one resumes, and refused every month after.
+    let third = subscribe(&stack, "on-3rd", monthly_on(3)).await;
+    let preview: Vec<(OffsetDateTime, Value)> = third["preview"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (instant(&p["at"]), p["blocked_by"].clone()))
+        .collect();
+    assert_eq!(preview.len(), 12);
+    for (at, blocked) in &preview {
+        let expected = if *at < resume_at {
+            Value::Null
+        } else {
+            json!("period_limits.max_count: 1 a month already used")
+        };
+        assert_eq!(blocked, &expected, "{at}: {preview:?}");
+    }
+    assert!(preview.iter().filter(|(_, b)| b.is_null()).count() >= 3);
+
+    // The scheduler agrees: in the month it resumes, the resumed one charges on the 2nd and
+    // the one on the 3rd is refused by the terms; the other two never charge.
+    let refused = preview.iter().find(|(at, _)| *at >= resume_at).unwrap().0;
+    advance_to(&stack, refused + Duration::hours(1)).await;
+    let resumed = charges_of(&stack, &resuming).await;
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    assert_eq!(resumed[0].2, "succeeded");
+    assert!(resumed[0].3 >= resume_at && resumed[0].3 < refused);
+    let thirds = charges_of(&stack, &third).await;
+    assert!(thirds.iter().all(|c| c.3 < resume_at), "{thirds:?}");
+    assert_eq!(
+        show(&stack, &third).await["last_failure"]["term"],
+        "period_limits.max_count"
+    );
+    assert!(charges_of(&stack, &paused).await.is_empty());
+    assert!(charges_of(&stack, &cancelled).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mandates_terms_stop_a_scheduled_charge_before_moment_and_the_preview_says_which() {
     let stack = start_stack(|_| {}).await;
     let terms = json!({"amount": {"max": 9900}, "max_occurrences": 2,
