@@ -337,7 +337,7 @@ fn blocked(
     let (n, sum) = taken
         .iter()
         .filter(|(t, _)| *t >= from && *t < to)
-        .fold((0i64, 0i64), |(n, s), (_, a)| (n + 1, s + a));
+        .fold((0i64, 0i64), |(n, s), (_, a)| (n + 1, s.saturating_add(*a)));
     let period = serde_json::to_value(limits.period).ok();
     let period = period.as_ref().and_then(|p| p.as_str()).unwrap_or("period");
     if let Some(max) = limits.max_count
@@ -348,7 +348,7 @@ fn blocked(
         ));
     }
     if let Some(max) = limits.max_amount
-        && sum + amount > max
+        && sum.checked_add(amount).is_none_or(|total| total > max)
     {
         return Some(format!(
             "period_limits.max_amount: {sum} of {max} a {period} used"
@@ -374,6 +374,24 @@ mod tests {
             offset: terms::SAST,
             nearest_weekday: false,
         }
+    }
+
+    #[test]
+    fn an_amount_too_large_to_add_up_is_past_a_limit_on_the_total() {
+        let terms: Terms = serde_json::from_value(serde_json::json!({
+            "period_limits": {"period": "month", "max_amount": 15000}
+        }))
+        .unwrap();
+        let at = time::macros::datetime!(2026-12-10 09:00 +2);
+        let taken = [(at - time::Duration::days(1), 5000), (at, i64::MAX)];
+        assert_eq!(
+            blocked(&terms, i64::MAX, at, 0, &taken[..1]).as_deref(),
+            Some("period_limits.max_amount: 5000 of 15000 a month used")
+        );
+        assert_eq!(
+            blocked(&terms, 1, at, 0, &taken).as_deref(),
+            Some("period_limits.max_amount: 9223372036854775807 of 15000 a month used")
+        );
     }
 
     #[test]

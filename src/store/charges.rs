@@ -374,7 +374,8 @@ pub async fn close_past_window(
 }
 
 /// What a mandate's charges use of its terms: those that succeeded or may still succeed
-/// (`pending`, `processing`, `succeeded`, `needs_review`), in all and within `[from, to)`.
+/// (`pending`, `processing`, `succeeded`, `needs_review`), in all and within `[from, to)`; the
+/// window's amount held at `i64::MAX` (a sum that large is past any limit).
 #[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
 pub struct Usage {
     pub occurrences: i64,
@@ -391,8 +392,8 @@ pub async fn usage(
     sqlx::query_as(
         "select count(*) as occurrences,
                 count(*) filter (where billed_at >= $2 and billed_at < $3) as window_count,
-                coalesce(sum(amount) filter (where billed_at >= $2 and billed_at < $3), 0)::bigint
-                    as window_amount
+                least(coalesce(sum(amount) filter (where billed_at >= $2 and billed_at < $3), 0),
+                      9223372036854775807)::bigint as window_amount
          from charge
          where mandate_id = $1 and status in ('pending', 'processing', 'succeeded', 'needs_review')",
     )

@@ -105,7 +105,11 @@ pub async fn ledger(
             start: terms::sast_day(from).to_string(),
             end: terms::sast_day(to).to_string(),
             count: usage.window_count + if first_in_window { first_count } else { 0 },
-            amount: usage.window_amount + if first_in_window { first_amount } else { 0 },
+            amount: usage.window_amount.saturating_add(if first_in_window {
+                first_amount
+            } else {
+                0
+            }),
             max_count: l.max_count,
             max_amount: l.max_amount,
         }),
@@ -156,8 +160,9 @@ pub async fn check(
                 1,
             ));
         }
+        // (A sum past i64's range is past any limit: it never wraps round under it.)
         if let Some(max) = w.max_amount
-            && w.amount + amount > max
+            && w.amount.checked_add(amount).is_none_or(|sum| sum > max)
         {
             return Err(breach(
                 "period_limits.max_amount",

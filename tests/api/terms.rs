@@ -258,3 +258,42 @@ async fn a_dry_run_answers_with_the_same_problem_and_records_nothing() {
     let late = charge(&app, &mandate, 100, "late").await;
     assert_eq!(late.problem(422)["term"], "validity_period");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amounts_too_large_to_add_up_are_past_any_limit_and_never_break_the_ledger() {
+    let app = TestApp::new().await;
+    // No amount cap, only a monthly total: the largest amount is its own check.
+    let capped = active_with(
+        &app,
+        0,
+        json!({"amount": {"min": 100}, "period_limits": {"period": "month", "max_amount": 15000}}),
+    )
+    .await;
+    assert_eq!(charge(&app, &capped, 5000, "some").await.status, 201);
+    let huge = charge(&app, &capped, i64::MAX, "huge").await;
+    let p = huge.problem(422);
+    assert_eq!(
+        (p["term"].clone(), p["limit"].clone(), p["used"].clone()),
+        (json!("period_limits.max_amount"), json!(15000), json!(5000))
+    );
+    assert_eq!(app.count("charge").await, 1);
+
+    // A count limit alone: two of the largest amounts are allowed, and the mandate, its ledger
+    // and its next charge still answer.
+    let counted = active_with(
+        &app,
+        0,
+        json!({"period_limits": {"period": "month", "max_count": 3}}),
+    )
+    .await;
+    for key in ["max-1", "max-2"] {
+        assert_eq!(charge(&app, &counted, i64::MAX, key).await.status, 201);
+    }
+    let shown = app
+        .get(&format!("/mandates/{}", counted["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(shown.status, StatusCode::OK, "{}", shown.body);
+    assert_eq!(shown.body["ledger"]["window"]["count"], 2);
+    assert_eq!(shown.body["ledger"]["window"]["amount"], i64::MAX);
+    assert_eq!(charge(&app, &counted, 100, "small").await.status, 201);
+}
