@@ -144,7 +144,8 @@ pub async fn claim_next_due(
 
 /// Right before each send to Moment: renews the lease of its holder `token` and counts the
 /// send, only while the charge is still pending, inside Moment's idempotency window
-/// (`window_secs` after it was recorded) and its mandate still active. `None` means: do not
+/// (`window_secs` after it was recorded), its mandate still active and its subscription, if
+/// any, active or past due. `None` means: do not
 /// send (the lease was taken over, the charge settled, the window passed, or consent was
 /// withdrawn); the caller finds out which.
 pub async fn begin_send(
@@ -176,9 +177,10 @@ pub async fn begin_sends(
          where c.id = b.id and c.lease_token = b.token and c.status = 'pending'
            and c.created_at > now() - make_interval(secs => $4)
            and exists (select 1 from mandate m where m.id = c.mandate_id and m.status = 'active')
-           -- A scheduled charge never sent is not sent once its subscription has ended (one
-           -- already sent is sent again under its key: its outcome must be learnt).
-           and (c.sends > 0 or c.subscription_id is null
+           -- A scheduled charge is sent only while its subscription is live: after a pause
+           -- or a cancellation, not even again under its key (which would make the payment
+           -- if the first send never reached Moment).
+           and (c.subscription_id is null
                 or exists (select 1 from subscription s where s.id = c.subscription_id
                            and s.status in ('active', 'past_due')))
          returning c.*",
@@ -412,6 +414,23 @@ pub struct Scheduled {
     pub period: i32,
     pub idempotency_key: String,
     pub lease_token: Uuid,
+}
+
+/// Whether a charge of the subscription's `period` has succeeded (Moment can report one paid
+/// after it was taken for a failure).
+pub async fn period_paid(
+    conn: impl PgExecutor<'_>,
+    subscription_id: Uuid,
+    period: i32,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from charge
+                        where subscription_id = $1 and period = $2 and status = 'succeeded')",
+    )
+    .bind(subscription_id)
+    .bind(period)
+    .fetch_one(conn)
+    .await
 }
 
 /// Records a batch of scheduled charges (the first attempt of each period) in one statement,

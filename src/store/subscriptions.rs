@@ -227,6 +227,30 @@ pub async fn end_period(
     Ok(done.rows_affected() == 1)
 }
 
+/// Ends the dunning of a subscription leased to `token` whose period Moment reported paid
+/// after its charge was taken for a failure: no retry is made, and the subscription is
+/// `active` again (`finished` when no period is left). False when the lease is not held.
+pub async fn paid_meanwhile(
+    conn: impl PgExecutor<'_>,
+    id: Uuid,
+    token: Uuid,
+    finished: bool,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "update subscription set
+                status = case when $3 then 'finished' else 'active' end,
+                dunning_period = null, dunning_failures = 0, dunning_since = null, retry_at = null,
+                last_failure = null, locked_until = null, lease_token = null, updated_at = now()
+         where id = $1 and lease_token = $2 and status in ('active', 'past_due')",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(finished)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Gives the lease back without a charge; the next run tries again after `RELEASE_BACKOFF`
 /// seconds, so that a subscription that cannot be charged now is not claimed in a loop.
 pub async fn release(conn: impl PgExecutor<'_>, id: Uuid, token: Uuid) -> sqlx::Result<()> {

@@ -247,6 +247,10 @@ pub const SUBSCRIPTION_ENDED: (&str, &str) = (
     "subscription_ended",
     "the subscription was paused or cancelled before the charge was sent",
 );
+pub const SUBSCRIPTION_ENDED_UNKNOWN: (&str, &str) = (
+    "subscription_ended_outcome_unknown",
+    "the subscription was paused or cancelled after a send whose answer never came; it is not sent again",
+);
 pub const WINDOW_UNSENT: (&str, &str) = (
     "send_window_passed",
     "the charge could not be sent within 23 hours, inside Moment's 24-hour idempotency window",
@@ -464,6 +468,11 @@ async fn unsendable(state: &AppState, id: Uuid, token: Uuid) -> sqlx::Result<Cha
         (true, 0) if !subscription_live => {
             tracing::info!(charge_id = %id, "the subscription has ended; the charge is not sent");
             charges::fail(&state.db, id, token, &reason_of(SUBSCRIPTION_ENDED)).await?
+        }
+        (true, _) if !subscription_live => {
+            tracing::warn!(charge_id = %id, "the subscription was paused or cancelled after a send whose answer never came; the charge needs review");
+            charges::needs_review(&state.db, id, token, &reason_of(SUBSCRIPTION_ENDED_UNKNOWN))
+                .await?
         }
         (false, 0) => {
             tracing::info!(charge_id = %id, "the mandate is no longer active; the charge is not sent");

@@ -24,8 +24,8 @@ use crate::domain::subscription::retryable;
 use crate::domain::{MandateStatus, Subscription, SubscriptionStatus};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::mandates;
 use crate::store::subscriptions::{self as store, Settle};
+use crate::store::{charges, mandates};
 
 /// How long the scheduler holds a subscription while it charges it (seconds).
 const LEASE_SECS: f64 = 120.0;
@@ -306,6 +306,11 @@ async fn charge_one(state: &AppState, s: Subscription, token: Uuid) -> sqlx::Res
             s.dunning_failures,
         )
     };
+    if !regular && charges::period_paid(&state.db, s.id, period).await? {
+        tracing::warn!(subscription_id = %s.id, period, "the period was reported paid after its charge failed; no retry is made");
+        store::paid_meanwhile(&state.db, s.id, token, s.next_charge_at.is_none()).await?;
+        return Ok(false);
+    }
     let key = format!("subscription:{}:{period}:{attempt}", s.id);
     let req = ChargeRequest {
         mandate_id: s.mandate_id,

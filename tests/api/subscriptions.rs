@@ -1175,3 +1175,116 @@ async fn a_slow_merchant_endpoint_does_not_hold_back_a_charge_falling_due() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Moment down when a period falls due: the charge is sent, unanswered, and waits to be sent
+/// again under its key. The merchant cancels meanwhile. Sending it again would make the
+/// payment if the first send never reached Moment, so it is not sent: it needs review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_left_unanswered_is_not_sent_again_after_the_subscription_is_cancelled() {
+    let stack = start_stack(|o| o.worker_interval = std::time::Duration::from_secs(3600)).await;
+    let sub = monthly_from_tomorrow(&stack, "s", CARD).await;
+    stack
+        .sim()
+        .set_faults(moment_mandates::sim::Faults {
+            error_rate: 1.0,
+            ..Default::default()
+        })
+        .unwrap();
+    stack
+        .dev
+        .clock
+        .advance_to(instant(&sub["next_charge_at"]) + Duration::seconds(1));
+    let service = replica(&stack).await;
+    moment_mandates::workflow::scheduler::run_once(&service, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (id, sends): (uuid::Uuid, i32) =
+        sqlx::query_as("select id, sends from charge where status = 'pending'")
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    assert!(sends >= 1);
+
+    let id_of = sub["id"].as_str().unwrap();
+    let r = stack
+        .post(&format!("/subscriptions/{id_of}/cancel"), &json!({}), "c")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Moment is back, and the charge's wait before its next send is over.
+    stack.sim().set_faults(Default::default()).unwrap();
+    sqlx::query("update charge set next_attempt_at = now() where id = $1")
+        .bind(id)
+        .execute(&stack.db)
+        .await
+        .unwrap();
+    moment_mandates::worker::run_once(&service).await.unwrap();
+
+    let (status, code): (String, Option<String>) =
+        sqlx::query_as("select status, review_reason->>'code' from charge where id = $1")
+            .bind(id)
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), code.as_deref()),
+        ("needs_review", Some("subscription_ended_outcome_unknown"))
+    );
+    assert!(
+        stack.sessions_by_reference("next_in_series").is_empty(),
+        "nothing reached Moment after the cancellation"
+    );
+}
+
+/// A charge taken for a failure that Moment then reports paid: the period is paid, and the
+/// dunning retry scheduled for it is not made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_period_reported_paid_after_its_charge_failed_is_not_retried() {
+    let stack = start_stack(|_| {}).await;
+    let sub = monthly_from_tomorrow(&stack, "s", BROKE).await;
+    let first = instant(&sub["next_charge_at"]);
+    let minute = Duration::minutes(1);
+    advance_to(&stack, first + minute).await;
+    assert_eq!(show(&stack, &sub).await["status"], "past_due");
+
+    // Moment's later word: the session was paid after all.
+    let session_id: String =
+        sqlx::query_scalar("select session_id from charge where status = 'failed'")
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    let mut session = stack.sim().session(&session_id).unwrap();
+    session["status"] = json!("completed");
+    session["payment_status"] = json!("paid");
+    session["payment_outcome"] = json!("paid");
+    session["last_payment_error"] = Value::Null;
+    let webhook_id = format!("msg_paid_{session_id}");
+    let body = json!({"id": format!("evt_{webhook_id}"), "type": "payment_session.completed",
+                      "data": session})
+    .to_string();
+    let ts = OffsetDateTime::now_utc().unix_timestamp();
+    let signature = stack
+        .sim()
+        .webhook_secret()
+        .sign(&webhook_id, ts, body.as_bytes());
+    let r = stack
+        .http
+        .post(format!("{}/webhooks/moment", stack.dev.service_url))
+        .header("content-type", "application/json")
+        .header("webhook-id", &webhook_id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+
+    advance_to(&stack, first + Duration::days(1) + minute).await;
+    let charges = charges_of(&stack, &sub).await;
+    let shape: Vec<(i32, i32, &str)> = charges.iter().map(|c| (c.0, c.1, c.2.as_str())).collect();
+    assert_eq!(shape, [(0, 0, "succeeded")]);
+    let after = show(&stack, &sub).await;
+    assert_eq!(after["status"], "active", "{after}");
+    assert!(after["dunning"].is_null(), "{after}");
+    assert!(after["last_failure"].is_null(), "{after}");
+}
