@@ -371,9 +371,9 @@ async fn the_preview_counts_a_paused_sibling_from_its_resumption_and_never_a_sto
     let cancelled = subscribe(&stack, "also-on-1st", monthly_on(1)).await;
     let mut first_of_month = tomorrow;
     for _ in 0..4 {
-        first_of_month = first_of_month + Duration::days(1);
+        first_of_month += Duration::days(1);
         while first_of_month.day() != 1 {
-            first_of_month = first_of_month + Duration::days(1);
+            first_of_month += Duration::days(1);
         }
     }
     let resume_at = first_of_month
