@@ -72,14 +72,17 @@ pub async fn create(
         .schedule()
         .map_err(|e| ApiError::invalid("interval", e))?;
     // A first period whose time has already passed (today, after `charge_time`) is not billed,
-    // and does not count toward `count` either: the schedule starts on its first billed day.
-    // The anchor is already resolved, so it does not move.
-    if let Some(at) = schedule
+    // and does not count toward `count` either: the schedule starts on its first billed
+    // period's nominal day (the day before any weekend adjustment: started on the adjusted
+    // day, a Monday the 3rd say, the schedule would begin at the next month's 1st). The anchor
+    // is already resolved, so it does not move.
+    if let Some(day) = schedule
         .first_due_at_or_after(now)
         .filter(|n| *n > 0)
-        .and_then(|n| schedule.at(n))
+        .filter(|n| schedule.at(*n).is_some())
+        .and_then(|n| schedule.nominal_day(n))
     {
-        spec.start_date = local_day(at, state.settings.billing.offset);
+        spec.start_date = day;
         schedule = spec
             .schedule()
             .map_err(|e| ApiError::invalid("interval", e))?;

@@ -1288,3 +1288,36 @@ async fn a_period_reported_paid_after_its_charge_failed_is_not_retried() {
     assert!(after["dunning"].is_null(), "{after}");
     assert!(after["last_failure"].is_null(), "{after}");
 }
+
+/// Created on 1 April 2027 after the day's charge time, monthly on the 1st with
+/// `nearest_weekday`: the next period is 1 May, a Saturday, charged on Monday 3 May. May is
+/// billed, not skipped for June.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_created_after_todays_charge_time_starts_at_the_next_adjusted_period() {
+    let stack = start_stack(|_| {}).await;
+    let m = mandate(&stack, "m", CARD, json!({"amount": {"max": 9900}})).await;
+    stack
+        .dev
+        .clock
+        .advance_to(time::macros::datetime!(2027-04-01 10:00 +2));
+    let sub = subscribe(
+        &stack,
+        "s",
+        json!({"mandate_id": m["id"], "amount": 5000, "interval": {"unit": "month", "count": 1},
+               "day_of_month": 1, "adjustment": "nearest_weekday"}),
+    )
+    .await;
+    assert_eq!(
+        instant(&sub["next_charge_at"]),
+        time::macros::datetime!(2027-05-03 09:00 +2),
+        "{sub}"
+    );
+    let days: Vec<String> = sub["preview"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(3)
+        .map(|p| sast(instant(&p["at"])).to_string())
+        .collect();
+    assert_eq!(days, ["2027-05-03", "2027-06-01", "2027-07-01"]);
+}
