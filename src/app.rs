@@ -12,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
 use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::PropagateRequestIdLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -112,6 +113,9 @@ pub fn router_with_limit(state: AppState, request_timeout: Duration, body_limit:
         // Inside the timeout: a timeout or a client hanging up drops only the wait for the
         // handler, never the handler itself.
         .layer(middleware::from_fn_with_state(body_limit, detach))
+        // A handler that panics answers a problem (500), logged and counted like any other,
+        // rather than cutting the connection.
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
@@ -134,6 +138,16 @@ pub fn metrics_router(state: AppState) -> Router {
         .route("/metrics", axum::routing::get(ops::render))
         .layer(middleware::map_response(problem_fallback))
         .with_state(state)
+}
+
+/// The answer to a request whose handler panicked: a bug, logged with what the panic said.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let said = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    ApiError::Internal(anyhow::anyhow!("the handler panicked: {said}")).into_response()
 }
 
 /// Reads the body whole (at most `limit` bytes, or `413`), then runs the rest of the request

@@ -67,6 +67,38 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// The first year refused in the dates and times the API plans from (a subscription's start,
+/// a resumption, a recovery's start, the test clock): previews and the terms' windows reach
+/// years past the day they start from, and the calendar ends with 9999.
+pub const FIRST_YEAR_REFUSED: i32 = 9000;
+
+/// A date the API can plan from: before [`FIRST_YEAR_REFUSED`].
+pub fn check_date(field: &str, d: time::Date) -> Result<time::Date, ApiError> {
+    if d.year() >= FIRST_YEAR_REFUSED {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be before {FIRST_YEAR_REFUSED}-01-01"),
+        ));
+    }
+    Ok(d)
+}
+
+/// An instant the API can plan from, in UTC: before [`FIRST_YEAR_REFUSED`] there (an offset
+/// that carries it past the calendar's end is refused too, not stored).
+pub fn check_instant(
+    field: &str,
+    t: time::OffsetDateTime,
+) -> Result<time::OffsetDateTime, ApiError> {
+    t.checked_to_offset(time::UtcOffset::UTC)
+        .filter(|utc| utc.year() < FIRST_YEAR_REFUSED)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                field,
+                format!("must be before {FIRST_YEAR_REFUSED}-01-01T00:00:00Z"),
+            )
+        })
+}
+
 /// SHA-256 of the request as parsed, so a retry is compared by meaning, not formatting.
 pub fn request_hash(req: &impl Serialize) -> String {
     let bytes = serde_json::to_vec(req).expect("request types serialize");

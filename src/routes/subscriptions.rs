@@ -100,6 +100,9 @@ impl CreateSubscription {
         if self.count == Some(0) {
             return Err(ApiError::invalid("count", "must be at least 1"));
         }
+        if let Some(d) = self.start_date {
+            super::check_date("start_date", d)?;
+        }
         check_reference(self.reference.as_deref())?;
         check_metadata(&self.metadata)?;
         Ok(CreateRequest {
@@ -269,7 +272,11 @@ pub async fn pause(
     ApiJson(body): ApiJson<Pause>,
 ) -> Result<Json<SubscriptionResponse>, ApiError> {
     let id = parse_id(&id, "subscription")?;
-    let s = flow::pause(&state, id, body.resume_at).await?;
+    let resume_at = match body.resume_at {
+        Some(t) => Some(super::check_instant("resume_at", t)?),
+        None => None,
+    };
+    let s = flow::pause(&state, id, resume_at).await?;
     Ok(Json(flow::view(&state, &s).await?))
 }
 
@@ -399,7 +406,11 @@ pub async fn advance(
         return Err(ApiError::NotFound("test clock"));
     }
     let now = state.clock.now();
-    let to = match (body.to, body.days) {
+    let to = match body.to {
+        Some(t) => Some(super::check_instant("to", t)?),
+        None => None,
+    };
+    let to = match (to, body.days) {
         (Some(t), _) if t > now => t,
         (Some(_), _) => return Err(ApiError::invalid("to", "must be in the future")),
         (None, Some(d)) if (1..=3660).contains(&d) => now + time::Duration::days(d.into()),

@@ -348,6 +348,7 @@ pub async fn recover(
     let since =
         time::OffsetDateTime::parse(&body.since, &time::format_description::well_known::Rfc3339)
             .map_err(|_| ApiError::invalid("since", "must be an RFC 3339 time"))?;
+    let since = super::check_instant("since", since)?;
     match store::by_id(&state.db, id).await? {
         None => return Err(ApiError::NotFound("webhook endpoint")),
         Some(ep) if !ep.enabled => {

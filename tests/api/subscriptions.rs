@@ -1321,3 +1321,86 @@ async fn a_subscription_created_after_todays_charge_time_starts_at_the_next_adju
         .collect();
     assert_eq!(days, ["2027-05-03", "2027-06-01", "2027-07-01"]);
 }
+
+/// Dates at the calendar's end are refused with a problem naming the field, and nothing is
+/// stored: a start whose preview and limit windows would run past 9999, and times whose
+/// offset carries them past it in UTC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dates_at_the_calendars_end_are_refused_naming_the_field() {
+    let stack = start_stack(|_| {}).await;
+    let m = mandate(
+        &stack,
+        "m",
+        CARD,
+        json!({"amount": {"max": 5000}, "period_limits": {"period": "month", "max_count": 1}}),
+    )
+    .await;
+    let daily = |start: &str| {
+        json!({"mandate_id": m["id"], "amount": 5000, "interval": {"unit": "day", "count": 1},
+               "start_date": start})
+    };
+    let late = stack
+        .post("/subscriptions", &daily("9999-12-31"), "late")
+        .await;
+    assert_eq!(late.status, 422, "{}", late.body);
+    assert_eq!(late.body["field"], "start_date", "{}", late.body);
+    let sub = subscribe(
+        &stack,
+        "ok",
+        daily(&sast(OffsetDateTime::now_utc()).to_string()),
+    )
+    .await;
+    let id = sub["id"].as_str().unwrap();
+    let pause = stack
+        .post(
+            &format!("/subscriptions/{id}/pause"),
+            &json!({"resume_at": "9999-12-31T23:30:00-01:00"}),
+            "p",
+        )
+        .await;
+    assert_eq!(pause.status, 422, "{}", pause.body);
+    assert_eq!(pause.body["field"], "resume_at", "{}", pause.body);
+    let far = stack
+        .post(
+            &format!("/subscriptions/{id}/pause"),
+            &json!({"resume_at": "9500-01-01T00:00:00Z"}),
+            "p2",
+        )
+        .await;
+    assert_eq!(far.status, 422, "{}", far.body);
+    assert_eq!(show(&stack, &sub).await["status"], "active");
+    let clock = stack
+        .post(
+            "/test-clock/advance",
+            &json!({"to": "9999-12-31T23:30:00-01:00"}),
+            "far",
+        )
+        .await;
+    assert_eq!(clock.status, 422, "{}", clock.body);
+    assert_eq!(clock.body["field"], "to", "{}", clock.body);
+    let endpoint = stack
+        .post(
+            "/webhook-endpoints",
+            &json!({"url": "https://merchant.example/hooks"}),
+            "ep",
+        )
+        .await;
+    assert_eq!(endpoint.status, 201, "{}", endpoint.body);
+    let recover = stack
+        .post(
+            &format!(
+                "/webhook-endpoints/{}/recover",
+                endpoint.body["id"].as_str().unwrap()
+            ),
+            &json!({"since": "9999-12-31T23:59:59-01:00"}),
+            "rec",
+        )
+        .await;
+    assert_eq!(recover.status, 422, "{}", recover.body);
+    assert_eq!(recover.body["field"], "since", "{}", recover.body);
+    let subscriptions: i64 = sqlx::query_scalar("select count(*) from subscription")
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(subscriptions, 1);
+}
