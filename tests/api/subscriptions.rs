@@ -1403,4 +1403,10 @@ async fn dates_at_the_calendars_end_are_refused_naming_the_field() {
         .await
         .unwrap();
     assert_eq!(subscriptions, 1);
+    // The calendar's last day as an end that never comes is fine.
+    let mut forever = daily(&sast(OffsetDateTime::now_utc()).to_string());
+    forever["end_date"] = json!("9999-12-31");
+    let forever = subscribe(&stack, "forever", forever).await;
+    assert_eq!(forever["preview"].as_array().unwrap().len(), 12);
+    assert_eq!(show(&stack, &forever).await["status"], "active");
 }
