@@ -225,6 +225,26 @@ impl Terms {
     /// Moment's rules for `mandate_options`, and ours for the mandate's own `amount` (0, a
     /// card verification, or a first payment within the terms).
     pub fn check(&self, first_amount: i64) -> Result<(), Invalid> {
+        // The objects sent to Moment as given: their text must be storable (no NUL).
+        let free_form = [
+            (
+                "terms.recurrence.on",
+                self.recurrence.as_ref().and_then(|r| r.on.as_ref()),
+            ),
+            (
+                "terms.period_limits.window.anchor",
+                self.period_limits
+                    .as_ref()
+                    .and_then(|l| l.window.as_ref())
+                    .and_then(|w| w.anchor.as_ref()),
+            ),
+            ("terms.terms", self.terms.as_ref()),
+        ];
+        for (field, value) in free_form {
+            if value.is_some_and(holds_nul) {
+                return Err(invalid(field, "must not contain NUL characters"));
+            }
+        }
         match self.amount {
             Some(AmountRule::Fixed(a)) if a < 0 => {
                 return Err(invalid("terms.amount", "must be at least 0"));
@@ -372,6 +392,16 @@ impl Terms {
             });
         }
         out
+    }
+}
+
+/// Whether any key or text in `v` holds a NUL character, which Postgres cannot store.
+fn holds_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 

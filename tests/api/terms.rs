@@ -100,6 +100,20 @@ async fn terms_that_break_moments_rules_are_refused_naming_the_field_and_write_n
             "terms.validity_period.end_date",
         ),
         (json!({"amount": {"min": 6000}}), "amount"),
+        // Text Postgres cannot store, deep in the objects sent to Moment as given.
+        (
+            json!({"recurrence": {"type": "daily", "on": {"x": ["\u{0}"]}}}),
+            "terms.recurrence.on",
+        ),
+        (
+            json!({"period_limits": {"period": "year", "max_count": 1,
+                                     "window": {"mode": "cycle", "anchor": {"a\u{0}": 1}}}}),
+            "terms.period_limits.window.anchor",
+        ),
+        (
+            json!({"type": "installment", "terms": {"type": "fixed", "note": "\u{0}"}}),
+            "terms.terms",
+        ),
     ] {
         let mut body = mandate_body();
         body["terms"] = terms.clone();
