@@ -28,43 +28,71 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|m| {
-                let m = m.trim().to_ascii_lowercase();
-                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-            });
-        if !is_json {
+        if !is_json(req.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::Malformed {
+        parse_json(&body_bytes(req, state).await?).map(Self)
+    }
+}
+
+/// [`ApiJson`] for a body whose every field is optional: an empty body (with or without a
+/// `Content-Type`) and `null` are the empty object.
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json = is_json(req.headers());
+        let bytes = body_bytes(req, state).await?;
+        if bytes.is_empty() {
+            return Ok(Self(T::default()));
+        }
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        parse_json::<Option<T>>(&bytes).map(|v| Self(v.unwrap_or_default()))
+    }
+}
+
+/// Whether the `Content-Type` is JSON (`application/json` or `application/…+json`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+}
+
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|e| ApiError::Malformed {
+            field: None,
+            detail: e.body_text(),
+        })
+}
+
+/// Parses a JSON body into `T`, naming the offending field.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != ".").then_some(path);
+        let inner = e.into_inner();
+        let detail = inner.to_string();
+        if inner.is_data() {
+            ApiError::Invalid { field, detail }
+        } else {
+            ApiError::Malformed {
                 field: None,
-                detail: e.body_text(),
-            })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        match serde_path_to_error::deserialize(de) {
-            Ok(v) => Ok(Self(v)),
-            Err(e) => {
-                let path = e.path().to_string();
-                let field = (path != ".").then_some(path);
-                let inner = e.into_inner();
-                let detail = inner.to_string();
-                Err(if inner.is_data() {
-                    ApiError::Invalid { field, detail }
-                } else {
-                    ApiError::Malformed {
-                        field: None,
-                        detail,
-                    }
-                })
+                detail,
             }
         }
-    }
+    })
 }
 
 /// The first year refused in the dates and times the API plans from (a subscription's start,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 
 use super::{
-    ApiJson, List, MerchantErrors, Page, bad_query, check_metadata, check_reference,
+    ApiJson, List, MerchantErrors, OptionalJson, Page, bad_query, check_metadata, check_reference,
     idempotency_key, metadata_schema, parse_id, request_hash,
 };
 use crate::api::SubscriptionResponse;
@@ -256,7 +256,7 @@ pub struct Pause {
 #[utoipa::path(
     post, path = "/subscriptions/{id}/pause", tag = "subscriptions", operation_id = "pauseSubscription", security(("api_key" = [])),
     params(("id" = Uuid, Path, description = "Subscription id")),
-    request_body = Pause,
+    request_body(content = Option<Pause>, description = "Optional: an empty body pauses until resumed"),
     responses(
         (status = 200, description = "The subscription, `paused`", body = SubscriptionResponse),
         MerchantErrors,
@@ -269,7 +269,7 @@ pub struct Pause {
 pub async fn pause(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<Pause>,
+    OptionalJson(body): OptionalJson<Pause>,
 ) -> Result<Json<SubscriptionResponse>, ApiError> {
     let id = parse_id(&id, "subscription")?;
     let resume_at = match body.resume_at {
@@ -314,7 +314,7 @@ pub struct Cancel {
 #[utoipa::path(
     post, path = "/subscriptions/{id}/cancel", tag = "subscriptions", operation_id = "cancelSubscription", security(("api_key" = [])),
     params(("id" = Uuid, Path, description = "Subscription id")),
-    request_body = Cancel,
+    request_body(content = Option<Cancel>, description = "Optional: an empty body cancels now"),
     responses(
         (status = 200, description = "The subscription, `cancelled` (or with `cancel_at_period_end`)", body = SubscriptionResponse),
         MerchantErrors,
@@ -327,7 +327,7 @@ pub struct Cancel {
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<Cancel>,
+    OptionalJson(body): OptionalJson<Cancel>,
 ) -> Result<Json<SubscriptionResponse>, ApiError> {
     let id = parse_id(&id, "subscription")?;
     let s = flow::cancel(&state, id, body.at_period_end).await?;

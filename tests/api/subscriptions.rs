@@ -1410,3 +1410,74 @@ async fn dates_at_the_calendars_end_are_refused_naming_the_field() {
     assert_eq!(forever["preview"].as_array().unwrap().len(), 12);
     assert_eq!(show(&stack, &forever).await["status"], "active");
 }
+
+/// Pause and cancel take an optional body: a bare POST pauses until resumed, and cancels now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_cancel_need_no_body() {
+    let stack = start_stack(|_| {}).await;
+    let sub = monthly_from_tomorrow(&stack, "s", CARD).await;
+    let id = sub["id"].as_str().unwrap();
+    let bare = |verb: &str, json: bool| {
+        let mut req = stack
+            .http
+            .post(format!(
+                "{}/subscriptions/{id}/{verb}",
+                stack.dev.service_url
+            ))
+            .bearer_auth(&stack.dev.api_key)
+            .header("idempotency-key", format!("{verb}-{json}"));
+        if json {
+            req = req.header("content-type", "application/json");
+        }
+        req.send()
+    };
+    let paused = bare("pause", false).await.unwrap();
+    assert_eq!(paused.status(), 200);
+    let paused: Value = paused.json().await.unwrap();
+    assert_eq!(paused["status"], "paused", "{paused}");
+    assert!(paused["resume_at"].is_null(), "{paused}");
+    let r = stack
+        .post(&format!("/subscriptions/{id}/resume"), &json!({}), "r")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let null = stack
+        .post(&format!("/subscriptions/{id}/pause"), &Value::Null, "null")
+        .await;
+    assert_eq!(null.body["status"], "paused", "{}", null.body);
+    let r = stack
+        .post(&format!("/subscriptions/{id}/resume"), &json!({}), "r2")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let cancelled = bare("cancel", true).await.unwrap();
+    assert_eq!(cancelled.status(), 200);
+    let cancelled: Value = cancelled.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    // A body that is there must still be JSON.
+    let text = stack
+        .http
+        .post(format!(
+            "{}/subscriptions/{id}/cancel",
+            stack.dev.service_url
+        ))
+        .bearer_auth(&stack.dev.api_key)
+        .header("content-type", "text/plain")
+        .body("now")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(text.status(), 415);
+    // The document says so.
+    let doc: Value = stack
+        .http
+        .get(format!("{}/openapi.json", stack.dev.service_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for verb in ["pause", "cancel"] {
+        let body = &doc["paths"][format!("/subscriptions/{{id}}/{verb}")]["post"]["requestBody"];
+        assert_ne!(body["required"], true, "{verb}: {body}");
+    }
+}
