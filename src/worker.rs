@@ -173,7 +173,8 @@ async fn reconcile(state: &AppState) -> sqlx::Result<usize> {
 /// reconciliation, or thousands of outcomes being recorded (the loops still share the
 /// database pool and the cores). A pass in progress is finished, never cut short.
 pub async fn run(state: AppState, interval: Duration, shutdown: watch::Receiver<bool>) {
-    let charging = repeat(state.clone(), interval, shutdown.clone(), |st| async move {
+    let due = move |st: AppState| until_due(st, interval);
+    let charging = repeat(state.clone(), due, shutdown.clone(), |st| async move {
         match scheduler::charge_once(&st, STAGE_BUDGET).await {
             Ok((t, more)) => {
                 if t != scheduler::Tally::default() {
@@ -194,7 +195,8 @@ pub async fn run(state: AppState, interval: Duration, shutdown: watch::Receiver<
             }
         }
     });
-    let settling = repeat(state.clone(), interval, shutdown.clone(), |st| async move {
+    let every = move |_: AppState| async move { interval };
+    let settling = repeat(state.clone(), every, shutdown.clone(), |st| async move {
         match scheduler::settle_once(&st, STAGE_BUDGET).await {
             Ok((0, _)) => false,
             Ok((settled, more)) => {
@@ -207,7 +209,7 @@ pub async fn run(state: AppState, interval: Duration, shutdown: watch::Receiver<
             }
         }
     });
-    let rest = repeat(state, interval, shutdown, |st| async move {
+    let rest = repeat(state, every, shutdown, |st| async move {
         let mut t = Tally::default();
         let run = async {
             resend(&st, &mut t).await?;
@@ -236,23 +238,41 @@ pub async fn run(state: AppState, interval: Duration, shutdown: watch::Receiver<
     tokio::join!(charging, settling, rest);
 }
 
-/// Runs `pass` after every `interval` (at once when the last pass returned `true`) until
-/// `shutdown` turns true. Each pass runs as its own task (`db::detached`), so that shutting
-/// down never drops database work half done.
-async fn repeat<F, P>(
-    state: AppState,
-    interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
-    pass: P,
-) where
+/// How long the charging loop waits before its next pass: until the next charge, retry or
+/// resumption falls due, so that it is made at its time rather than up to an interval late,
+/// and at most `WORKER_INTERVAL_SECS`. The full interval when what is next is already due
+/// (leased by another replica, or given back to be tried again later): the pass just ran.
+async fn until_due(state: AppState, interval: Duration) -> Duration {
+    let now = state.clock.now();
+    match crate::store::subscriptions::next_due(&state.db).await {
+        Ok(Some(at)) if at > now => Duration::try_from(at - now)
+            .unwrap_or(interval)
+            .min(interval),
+        Ok(_) => interval,
+        Err(e) => {
+            tracing::warn!(error = %e, "when the next charge falls due could not be read");
+            interval
+        }
+    }
+}
+
+/// Runs `pass` after each wait `wait` gives (at once when the last pass returned `true`)
+/// until `shutdown` turns true. Each pass runs as its own task (`db::detached`), so that
+/// shutting down never drops database work half done.
+async fn repeat<F, P, W, WF>(state: AppState, wait: W, mut shutdown: watch::Receiver<bool>, pass: P)
+where
     P: Fn(AppState) -> F,
     F: Future<Output = bool> + Send + 'static,
+    W: Fn(AppState) -> WF,
+    WF: Future<Output = Duration>,
 {
     let mut again = false;
     loop {
         if !again {
+            let wait = wait(state.clone());
+            let pause = async { tokio::time::sleep(wait.await).await };
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = pause => {}
                 _ = shutdown.changed() => break,
             }
         }

@@ -1481,3 +1481,51 @@ async fn pause_and_cancel_need_no_body() {
         assert_ne!(body["required"], true, "{verb}: {body}");
     }
 }
+
+/// On the real clock, with a worker interval of an hour: a charge falling due in two seconds
+/// is made then, not an interval later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_wakes_when_a_charge_falls_due_not_an_interval_later() {
+    let app = crate::support::app::TestApp::new().await;
+    let m = app.active_mandate().await;
+    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
+    let r = app
+        .post(
+            "/subscriptions",
+            &json!({"mandate_id": m["id"], "amount": 5000,
+                    "interval": {"unit": "month", "count": 1}, "start_date": tomorrow.to_string()}),
+            &[("idempotency-key", "s")],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    // Due in two seconds (a schedule's own times fall on whole minutes).
+    sqlx::query("update subscription set next_charge_at = now() + interval '2 seconds'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(moment_mandates::worker::run(
+        app.state.clone(),
+        std::time::Duration::from_secs(3600),
+        stopped,
+    ));
+    let mut made = 0;
+    for _ in 0..200 {
+        made = sqlx::query_scalar::<_, i64>(
+            "select count(*) from charge where subscription_id is not null",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        if made > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    worker.await.unwrap();
+    assert_eq!(
+        made, 1,
+        "the charge was not made within 20 s of falling due"
+    );
+}
