@@ -12,8 +12,10 @@
 //! `serve` runs the scheduler's charges, their outcomes and the rest as three loops side by
 //! side (see [`run`]); [`run_once`] does all of it once, in order.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -173,25 +175,35 @@ async fn reconcile(state: &AppState) -> sqlx::Result<usize> {
 /// reconciliation, or thousands of outcomes being recorded (the loops still share the
 /// database pool and the cores). A pass in progress is finished, never cut short.
 pub async fn run(state: AppState, interval: Duration, shutdown: watch::Receiver<bool>) {
-    let due = move |st: AppState| until_due(st, interval);
-    let charging = repeat(state.clone(), due, shutdown.clone(), |st| async move {
-        match scheduler::charge_once(&st, STAGE_BUDGET).await {
-            Ok((t, more)) => {
-                if t != scheduler::Tally::default() {
-                    tracing::info!(
-                        charged = t.charged,
-                        rechecked = t.rechecked,
-                        announced = t.announced,
-                        resumed = t.resumed,
-                        more,
-                        "scheduler run"
-                    );
+    // When the last charging pass began (on the service's clock): what fell due after it was
+    // not seen by it.
+    let began = Arc::new(std::sync::Mutex::new(state.clock.now()));
+    let seen = Arc::clone(&began);
+    let due = move |st: AppState| {
+        let since = *seen.lock().unwrap_or_else(|e| e.into_inner());
+        until_due(st, since, interval)
+    };
+    let charging = repeat(state.clone(), due, shutdown.clone(), move |st| {
+        *began.lock().unwrap_or_else(|e| e.into_inner()) = st.clock.now();
+        async move {
+            match scheduler::charge_once(&st, STAGE_BUDGET).await {
+                Ok((t, more)) => {
+                    if t != scheduler::Tally::default() {
+                        tracing::info!(
+                            charged = t.charged,
+                            rechecked = t.rechecked,
+                            announced = t.announced,
+                            resumed = t.resumed,
+                            more,
+                            "scheduler run"
+                        );
+                    }
+                    more
                 }
-                more
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "scheduler run failed; will retry");
-                false
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler run failed; will retry");
+                    false
+                }
             }
         }
     });
@@ -240,15 +252,16 @@ pub async fn run(state: AppState, interval: Duration, shutdown: watch::Receiver<
 
 /// How long the charging loop waits before its next pass: until the next charge, retry or
 /// resumption falls due, so that it is made at its time rather than up to an interval late,
-/// and at most `WORKER_INTERVAL_SECS`. The full interval when what is next is already due
-/// (leased by another replica, or given back to be tried again later): the pass just ran.
-async fn until_due(state: AppState, interval: Duration) -> Duration {
+/// and at most `WORKER_INTERVAL_SECS`. At once when one fell due after the last pass began
+/// (that pass could not see it); what was due before then and is still there (leased by
+/// another replica, or given back to be tried again later) is left to the interval.
+async fn until_due(state: AppState, since: OffsetDateTime, interval: Duration) -> Duration {
     let now = state.clock.now();
-    match crate::store::subscriptions::next_due(&state.db).await {
-        Ok(Some(at)) if at > now => Duration::try_from(at - now)
-            .unwrap_or(interval)
+    match crate::store::subscriptions::next_due(&state.db, since).await {
+        Ok(Some(at)) => Duration::try_from(at - now)
+            .unwrap_or(Duration::ZERO)
             .min(interval),
-        Ok(_) => interval,
+        Ok(None) => interval,
         Err(e) => {
             tracing::warn!(error = %e, "when the next charge falls due could not be read");
             interval

@@ -269,6 +269,9 @@ pub fn others_due(
     out
 }
 
+/// The last year the preview shows charges in.
+pub const LAST_PREVIEWED_YEAR: i32 = 8999;
+
 /// The next `k` charges from period `from`, each held to `terms` as it would be on its day,
 /// given what counts already, the previewed ones before it, and the other subscriptions'
 /// charges due at or before it, each counted first (when the terms let it through).
@@ -286,6 +289,9 @@ pub fn preview(
     schedule
         .preview(from, k)
         .into_iter()
+        // The terms' windows reach a year past a charge: none is shown from the year 9000 on,
+        // where they would run past the calendar's end.
+        .take_while(|(_, at)| at.year() <= LAST_PREVIEWED_YEAR)
         .map(|(period, at)| {
             while let Some((t, a)) = others.next_if(|(t, _)| *t <= at) {
                 if blocked(terms, a, t, used, &taken).is_none() {

@@ -413,7 +413,12 @@ pub async fn advance(
     let to = match (to, body.days) {
         (Some(t), _) if t > now => t,
         (Some(_), _) => return Err(ApiError::invalid("to", "must be in the future")),
-        (None, Some(d)) if (1..=3660).contains(&d) => now + time::Duration::days(d.into()),
+        (None, Some(d)) if (1..=3660).contains(&d) => super::check_instant(
+            "days",
+            now.checked_add(time::Duration::days(d.into())).unwrap_or(
+                time::OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT),
+            ),
+        )?,
         (None, _) => {
             return Err(ApiError::invalid("days", "give to, or days from 1 to 3660"));
         }

@@ -518,24 +518,29 @@ pub async fn backlog(conn: impl PgExecutor<'_>, now: OffsetDateTime) -> sqlx::Re
     .await
 }
 
-/// The earliest moment after `after` at which the scheduler has something to do: a period
-/// due, a retry, a resumption, or an upcoming-charge notice (`notice` before its charge).
-/// When the next charge falls due (a regular period or a retry) or a paused subscription
-/// resumes, whichever is first; each read from the first entry of its own index.
-pub async fn next_due(conn: impl PgExecutor<'_>) -> sqlx::Result<Option<OffsetDateTime>> {
+/// The first moment after `after` when a charge falls due (a regular period or a retry) or a
+/// paused subscription resumes; each read from its own index.
+pub async fn next_due(
+    conn: impl PgExecutor<'_>,
+    after: OffsetDateTime,
+) -> sqlx::Result<Option<OffsetDateTime>> {
     sqlx::query_scalar(
         "select least(
              (select min(next_charge_at) from subscription
               where status in ('active', 'past_due') and retry_at is null
-                and open_charge_id is null),
+                and open_charge_id is null and next_charge_at > $1),
              (select min(retry_at) from subscription
-              where status = 'past_due' and open_charge_id is null),
-             (select min(resume_at) from subscription where status = 'paused'))",
+              where status = 'past_due' and open_charge_id is null and retry_at > $1),
+             (select min(resume_at) from subscription
+              where status = 'paused' and resume_at > $1))",
     )
+    .bind(after)
     .fetch_one(conn)
     .await
 }
 
+/// The earliest moment after `after` at which the scheduler has something to do: a period
+/// due, a retry, a resumption, or an upcoming-charge notice (`notice` before its charge).
 pub async fn next_wakeup(
     conn: impl PgExecutor<'_>,
     after: OffsetDateTime,

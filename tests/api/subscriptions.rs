@@ -1403,6 +1403,12 @@ async fn dates_at_the_calendars_end_are_refused_naming_the_field() {
         .await
         .unwrap();
     assert_eq!(subscriptions, 1);
+    // Charges a thousand years apart from 2999: the preview stops before the year 9000.
+    let mut millennial = daily("2999-12-31");
+    millennial["interval"] = json!({"unit": "year", "count": 1000});
+    let millennial = subscribe(&stack, "millennial", millennial).await;
+    let shown = show(&stack, &millennial).await["preview"].clone();
+    assert_eq!(shown.as_array().unwrap().len(), 7, "{shown}");
     // The calendar's last day as an end that never comes is fine.
     let mut forever = daily(&sast(OffsetDateTime::now_utc()).to_string());
     forever["end_date"] = json!("9999-12-31");
