@@ -284,8 +284,9 @@ async fn a_lost_card_is_not_retried_and_the_subscription_is_paused() {
 /// Two subscriptions on one mandate share its terms: the preview of each counts the other's
 /// charges due before its own, and says which of its charges the terms will refuse, as the
 /// scheduler then does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_preview_counts_the_mandates_other_subscriptions_as_the_scheduler_will() {
+/// A stack with a mandate allowing one charge a month, and the body of a monthly subscription
+/// to it on a given day, from tomorrow.
+async fn one_a_month() -> (Stack, impl Fn(i64) -> Value) {
     let stack = start_stack(|_| {}).await;
     let m = mandate(
         &stack,
@@ -295,10 +296,16 @@ async fn the_preview_counts_the_mandates_other_subscriptions_as_the_scheduler_wi
     )
     .await;
     let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
-    let monthly_on = |day: i64| {
+    let monthly_on = move |day: i64| {
         json!({"mandate_id": m["id"], "amount": 5000, "interval": {"unit": "month", "count": 1},
                "day_of_month": day, "start_date": tomorrow.to_string()})
     };
+    (stack, monthly_on)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preview_counts_the_mandates_other_subscriptions_as_the_scheduler_will() {
+    let (stack, monthly_on) = one_a_month().await;
     let first = subscribe(&stack, "on-2nd", monthly_on(2)).await;
     let second = subscribe(&stack, "on-3rd", monthly_on(3)).await;
     let preview = |sub: &Value| -> Vec<(OffsetDateTime, Value)> {
@@ -351,25 +358,13 @@ async fn the_preview_counts_the_mandates_other_subscriptions_as_the_scheduler_wi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_preview_counts_a_paused_sibling_from_its_resumption_and_never_a_stopped_one() {
-    let stack = start_stack(|_| {}).await;
-    let m = mandate(
-        &stack,
-        "shared",
-        CARD,
-        json!({"period_limits": {"period": "month", "max_count": 1}}),
-    )
-    .await;
-    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
-    let monthly_on = |day: i64| {
-        json!({"mandate_id": m["id"], "amount": 5000, "interval": {"unit": "month", "count": 1},
-               "day_of_month": day, "start_date": tomorrow.to_string()})
-    };
+    let (stack, monthly_on) = one_a_month().await;
     // Three others that would each take the month's one charge before the 3rd: one paused
     // until the first day of the fourth month from now, one paused with no end, one cancelled.
     let resuming = subscribe(&stack, "on-2nd", monthly_on(2)).await;
     let paused = subscribe(&stack, "on-1st", monthly_on(1)).await;
     let cancelled = subscribe(&stack, "also-on-1st", monthly_on(1)).await;
-    let mut first_of_month = tomorrow;
+    let mut first_of_month = sast(OffsetDateTime::now_utc()) + Duration::days(1);
     for _ in 0..4 {
         first_of_month += Duration::days(1);
         while first_of_month.day() != 1 {
