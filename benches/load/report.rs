@@ -143,10 +143,15 @@ pub fn report(
          outside a transaction is one): the claims, the charges, each send's check, Moment's\n\
          answers, the three webhooks Moment sends for each charge, and the settlements. WAL is\n\
          the write-ahead log Postgres wrote per charge (KiB): its writes, which swing less with\n\
-         the machine than its CPU. CPU is milliseconds per charge, progress read once a\n\
-         second. The tables are vacuumed first, as autovacuum would have.\n\n\
-         | concurrency | charges/s | ratio to the simulator's limit | all sent (s) | all settled (s) | transactions per charge | WAL per charge (KiB) | service CPU (ms) | Postgres CPU (ms) | simulator CPU (ms) |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+         the machine than its CPU. CPU is milliseconds per charge. A call is the mean time of\n\
+         the scheduler's calls to Moment as the service measured them; the simulator's overrun,\n\
+         how long after its latency its answers were ready on average (its own wait for a core:\n\
+         it runs in a session of its own at a higher priority, as Moment would run on machines\n\
+         of its own); slots in calls, the calls' time over the concurrency × the run. The\n\
+         tables are vacuumed first, as autovacuum would have; whether anything is left unsent\n\
+         is read every 50 ms.\n\n\
+         | concurrency | charges/s | ratio to the simulator's limit | all sent (s) | all settled (s) | a call (ms) | simulator's overrun (ms) | slots in calls | transactions per charge | WAL per charge (KiB) | service CPU (ms) | Postgres CPU (ms) | simulator CPU (ms) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         m.scheduled.first().map_or(0, |b| b.charges),
         LATENCY_MS
     );
@@ -155,12 +160,15 @@ pub fn report(
         let per = |x: f64| 1000.0 * x / b.charges as f64;
         let _ = writeln!(
             s,
-            "| {} | {:.0} | **{:.2}** | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {:.0} | **{:.3}** | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} % | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
             b.concurrency,
             b.per_sec(),
             b.per_sec() / limit,
             b.sent_secs,
             b.settled_secs,
+            b.call_ms,
+            b.sim_overrun_ms,
+            b.occupancy() * 100.0,
             b.xacts_per_charge,
             b.wal_kib_per_charge,
             per(b.cpu.service),

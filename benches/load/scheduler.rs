@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use sqlx::PgPool;
 
+use crate::drivers::{scrape, sum_metric};
 use crate::proc_stats::Cpu;
 use crate::process::{spawn, stop};
 
@@ -25,12 +26,23 @@ pub struct Billed {
     /// Write-ahead log written per charge (KiB): Postgres's writes, which swing less with the
     /// machine than its CPU.
     pub wal_kib_per_charge: f64,
+    /// Mean milliseconds of the scheduler's calls to Moment, as the service measured them,
+    /// and how long the simulator's answers came after its latency was up (its own delay on
+    /// the shared cores), until every charge was sent.
+    pub call_ms: f64,
+    pub sim_overrun_ms: f64,
     pub cpu: Cpu,
 }
 
 impl Billed {
     pub fn per_sec(&self) -> f64 {
         self.charges as f64 / self.sent_secs
+    }
+
+    /// The share of the run the scheduler's slots spent in calls to Moment: its calls' time
+    /// over its concurrency × the run.
+    pub fn occupancy(&self) -> f64 {
+        self.call_ms * self.charges as f64 / 1000.0 / (self.concurrency as f64 * self.sent_secs)
     }
 }
 
@@ -39,7 +51,32 @@ pub struct Service<'a> {
     pub command: &'a dyn Fn() -> Command,
     pub log: std::path::PathBuf,
     pub ready_url: String,
+    pub metrics_url: String,
+    pub sim_url: String,
     pub sim_pid: u32,
+}
+
+/// The service's Moment calls so far: seconds in all, and how many.
+async fn moment_calls(http: &reqwest::Client, service: &Service<'_>) -> anyhow::Result<(f64, f64)> {
+    let text = scrape(http, &service.metrics_url).await?;
+    Ok((
+        sum_metric(&text, "moment_request_duration_seconds_sum", ""),
+        sum_metric(&text, "moment_request_duration_seconds_count", ""),
+    ))
+}
+
+/// The simulator's answers that waited out a latency so far: how many, and the microseconds
+/// they overran it in all.
+async fn sim_overruns(http: &reqwest::Client, service: &Service<'_>) -> anyhow::Result<(f64, f64)> {
+    let stats: serde_json::Value = http
+        .get(format!("{}/_sim/stats", service.sim_url))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let n = |k: &str| stats[k].as_f64().unwrap_or(0.0);
+    Ok((n("latency_answers"), n("latency_overrun_micros")))
 }
 
 /// Mandates the simulator knows, with a saved payment method: those made through its
@@ -169,6 +206,8 @@ async fn measure(
         .fetch_one(db)
         .await?;
     let cpu_before = Cpu::now(pid, service.sim_pid);
+    let calls_before = moment_calls(http, service).await?;
+    let overruns_before = sim_overruns(http, service).await?;
     tokio::time::sleep_until(due.into()).await;
     // The first of the month.
     let started = Instant::now();
@@ -207,6 +246,11 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let sent_secs = started.elapsed().as_secs_f64();
+    let calls = moment_calls(http, service).await?;
+    let overruns = sim_overruns(http, service).await?;
+    let call_ms = 1000.0 * (calls.0 - calls_before.0) / (calls.1 - calls_before.1).max(1.0);
+    let sim_overrun_ms =
+        (overruns.1 - overruns_before.1) / 1000.0 / (overruns.0 - overruns_before.0).max(1.0);
     loop {
         let (pending, processing) = unsettled().await?;
         if pending == 0 && processing == 0 {
@@ -256,6 +300,8 @@ async fn measure(
         settled_secs,
         xacts_per_charge: (xacts_after - xacts_before) as f64 / n as f64,
         wal_kib_per_charge: wal / 1024.0 / n as f64,
+        call_ms,
+        sim_overrun_ms,
         cpu,
     })
 }

@@ -2,7 +2,7 @@
 //! `GET /collect/payments/{id}`, with bearer auth, idempotency and the injected faults.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::engine::{Begin, Sim};
-use super::{Problem, problem_response, validate};
+use super::{Problem, problem_response, timer, validate};
 
 const SESSIONS: &str = "/collect/payment_sessions";
 
@@ -106,6 +106,7 @@ pub async fn create_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let arrived = Instant::now();
     let (fate, latency) = match admit(&sim, &headers, SESSIONS) {
         Ok(f) => f,
         Err(resp) => return *resp,
@@ -125,7 +126,7 @@ pub async fn create_session(
     // Detached: a caller that hangs up must not leave its key in flight forever.
     let worker = Arc::clone(&sim);
     let held = key.clone();
-    let work = tokio::spawn(async move { create(&worker, key, &body, latency).await });
+    let work = tokio::spawn(async move { create(&worker, key, &body, arrived, latency).await });
     let (status, body, replayed) = match work.await {
         Ok(r) => r,
         Err(_) => {
@@ -144,18 +145,21 @@ fn invalid(detail: &str) -> Response {
 }
 
 /// The create itself, under the idempotency key when there is one.
-/// The latency is the time the work takes, spent while the key is in flight, so a duplicate
-/// meanwhile sees `409`; replays and conflicts answer at once.
+/// The latency is the time the work takes (done `latency` after the request `arrived`), spent
+/// while the key is in flight, so a duplicate meanwhile sees `409`; replays and conflicts
+/// answer at once.
 async fn create(
     sim: &Arc<Sim>,
     key: Option<String>,
     body: &[u8],
+    arrived: Instant,
     latency: Duration,
 ) -> (u16, Value, bool) {
     let hash = Sim::request_hash(body);
     let begin = key.as_ref().map(|k| sim.idempotency_begin(k, hash));
-    if matches!(begin, None | Some(Begin::Proceed)) && !latency.is_zero() {
-        tokio::time::sleep(latency).await;
+    if matches!(begin, None | Some(Begin::Proceed)) {
+        timer::sleep_until(arrived + latency).await;
+        sim.answered_after(arrived, latency);
     }
     if let Some(begin) = begin {
         match begin {
@@ -211,11 +215,13 @@ async fn read(
     what: &str,
     lookup: impl FnOnce(&Sim) -> Option<Value>,
 ) -> Response {
+    let arrived = Instant::now();
     let (fate, latency) = match admit(sim, headers, instance) {
         Ok(f) => f,
         Err(resp) => return *resp,
     };
-    tokio::time::sleep(latency).await;
+    timer::sleep_until(arrived + latency).await;
+    sim.answered_after(arrived, latency);
     let found = lookup(sim);
     hang(&fate).await;
     match found {

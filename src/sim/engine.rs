@@ -3,6 +3,7 @@
 //! holding it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -180,6 +181,11 @@ pub struct Stats {
     pub webhooks_pending: usize,
     pub webhooks_failed: usize,
     pub webhooks_held: usize,
+    /// Answers to API calls made to wait out a latency (the `latency_ms` fault), and the
+    /// microseconds they came after it was up, in all: the simulator's own delay, which on a
+    /// machine it shares with the service under load is not Moment's.
+    pub latency_answers: u64,
+    pub latency_overrun_micros: u64,
 }
 
 /// The simulator. Cheap to share as `Arc<Sim>`.
@@ -192,6 +198,9 @@ pub struct Sim {
     pub(super) inner: Mutex<Inner>,
     pub(super) http: reqwest::Client,
     pub(super) delivery_slots: tokio::sync::Semaphore,
+    /// See `Stats::latency_answers` and `Stats::latency_overrun_micros`.
+    latency_answers: AtomicU64,
+    latency_overrun_micros: AtomicU64,
 }
 
 /// Why a checkout could not be settled.
@@ -258,6 +267,8 @@ impl Sim {
             me: me.clone(),
             faults: Mutex::new(config.faults.clone()),
             delivery_slots: tokio::sync::Semaphore::new(config.webhook_concurrency.max(1)),
+            latency_answers: AtomicU64::new(0),
+            latency_overrun_micros: AtomicU64::new(0),
             public_url: public_url.trim_end_matches('/').to_owned(),
             config,
             inner: Mutex::new(Inner::default()),
@@ -789,11 +800,24 @@ impl Sim {
         self.lock().deliveries.clone()
     }
 
+    /// Counts an answer that waited out `latency` from `arrived`, and by how much it overran.
+    pub(super) fn answered_after(&self, arrived: Instant, latency: Duration) {
+        if latency.is_zero() {
+            return;
+        }
+        let over = arrived.elapsed().saturating_sub(latency);
+        self.latency_answers.fetch_add(1, AtomicOrdering::Relaxed);
+        self.latency_overrun_micros
+            .fetch_add(over.as_micros() as u64, AtomicOrdering::Relaxed);
+    }
+
     pub fn stats(&self) -> Stats {
         let inner = self.lock();
         let mut s = Stats {
             sessions: inner.sessions.len(),
             webhooks: inner.deliveries.len(),
+            latency_answers: self.latency_answers.load(AtomicOrdering::Relaxed),
+            latency_overrun_micros: self.latency_overrun_micros.load(AtomicOrdering::Relaxed),
             ..Stats::default()
         };
         for p in inner.payments.values() {

@@ -12,6 +12,7 @@ mod checkout;
 mod consent;
 mod engine;
 mod model;
+mod timer;
 mod validate;
 mod webhooks;
 

@@ -101,6 +101,7 @@ pub async fn charge(
     due: Vec<Subscription>,
     token: Uuid,
     slots: &Slots,
+    sent: &mut super::scheduler::Sending,
 ) -> sqlx::Result<Batch> {
     let now = state.clock.now();
     let (mut fast, mut left): (Vec<Subscription>, Vec<Subscription>) = due
@@ -256,6 +257,9 @@ pub async fn charge(
                 }
             }
         }
+    }
+    if left.is_empty() {
+        sent.done();
     }
     let mut answered: Vec<(Charge, Uuid, Subscription, Session)> = Vec::new();
     while let Some(joined) = calls.join_next().await {

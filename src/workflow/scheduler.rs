@@ -179,16 +179,19 @@ fn failed(
     }
 }
 
-/// Chunks of due subscriptions in flight at once.
+/// Chunks of due subscriptions being sent at once (claimed, checked, their calls going out);
+/// as many again may be waiting for their last answers and recording them.
 const CHUNKS: usize = 4;
 
 /// Claims and charges what is due, with at most `billing.concurrency` calls to Moment at a
 /// time, until nothing is due or the deadline has passed (a charge under way finishes).
 /// Subscriptions are claimed in chunks of half the concurrency, several chunks in flight:
 /// each chunk records Moment's answers as soon as its own calls are back, so that Moment's
-/// webhooks seldom come before the session they are about is recorded. Returns the charges
-/// made, those checked again (see `billing::Slots`), and whether nothing was left to claim
-/// (rather than the deadline passing first).
+/// webhooks seldom come before the session they are about is recorded, and the next chunk is
+/// claimed as soon as one has handed its last call to the slots (not when it has recorded
+/// its answers), so that the slots do not wait for Postgres. Returns the charges made, those
+/// checked again (see `billing::Slots`), and whether nothing was left to claim (rather than
+/// the deadline passing first).
 async fn charge_due(
     state: &AppState,
     now: OffsetDateTime,
@@ -198,12 +201,19 @@ async fn charge_due(
     let slots = super::billing::Slots::new(concurrency);
     let chunk = (concurrency / 2).max(1) as i64;
     let mut chunks = tokio::task::JoinSet::new();
+    // Each chunk says once when it has handed its calls to the slots (or has ended).
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut sending = 0;
     let (mut charged, mut rechecked, mut drained) = (0, 0, false);
     let mut first_error = None;
     loop {
+        while sent_rx.try_recv().is_ok() {
+            sending -= 1;
+        }
         while !drained
             && first_error.is_none()
-            && chunks.len() < CHUNKS
+            && sending < CHUNKS
+            && chunks.len() < 2 * CHUNKS
             && Instant::now() < deadline
         {
             let token = Uuid::new_v4();
@@ -221,22 +231,52 @@ async fn charge_due(
                 break;
             }
             let (st, slots) = (state.clone(), Arc::clone(&slots));
-            chunks.spawn(async move { charge_chunk(&st, due, token, &slots).await });
+            let mut sent = Sending::new(sent_tx.clone());
+            sending += 1;
+            chunks.spawn(async move { charge_chunk(&st, due, token, &slots, &mut sent).await });
+        }
+        if chunks.is_empty() {
+            break;
         }
         // Every chunk is joined, so that none is cut short by another's error.
-        match chunks.join_next().await {
-            None => break,
-            Some(Ok(Ok((n, r)))) => {
-                charged += n;
-                rechecked += r;
-            }
-            Some(Ok(Err(e))) => first_error = first_error.or(Some(e)),
-            Some(Err(e)) => tracing::error!(error = %e, "a chunk of scheduled charges failed"),
+        tokio::select! {
+            Some(()) = sent_rx.recv() => sending -= 1,
+            Some(joined) = chunks.join_next() => match joined {
+                Ok(Ok((n, r))) => {
+                    charged += n;
+                    rechecked += r;
+                }
+                Ok(Err(e)) => first_error = first_error.or(Some(e)),
+                Err(e) => tracing::error!(error = %e, "a chunk of scheduled charges failed"),
+            },
+            else => break,
         }
     }
     match first_error {
         Some(e) => Err(e),
         None => Ok((charged, rechecked, drained)),
+    }
+}
+
+/// Says once, to the charging loop, that a chunk has handed all its calls to the slots; if
+/// never said, when the chunk ends.
+pub struct Sending(Option<tokio::sync::mpsc::UnboundedSender<()>>);
+
+impl Sending {
+    fn new(tx: tokio::sync::mpsc::UnboundedSender<()>) -> Self {
+        Self(Some(tx))
+    }
+
+    pub fn done(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.done();
     }
 }
 
@@ -246,8 +286,9 @@ async fn charge_chunk(
     due: Vec<Subscription>,
     token: Uuid,
     slots: &super::billing::Slots,
+    sent: &mut Sending,
 ) -> sqlx::Result<(usize, usize)> {
-    let batched = super::billing::charge(state, due, token, slots).await?;
+    let batched = super::billing::charge(state, due, token, slots, sent).await?;
     let mut charged = batched.charged;
     let mut tasks = tokio::task::JoinSet::new();
     for s in batched.left {
@@ -258,6 +299,7 @@ async fn charge_chunk(
             charge_one(&st, s, token).await
         });
     }
+    sent.done();
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {

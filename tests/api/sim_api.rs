@@ -152,6 +152,33 @@ async fn idempotency_keys_replay_refuse_and_conflict() {
     assert_eq!(sim.sessions().await.len(), 2);
 }
 
+/// The latency fault holds each answer until that long after its request arrived, and the
+/// stats count the answers that waited it out and how far past it they came (the benchmark
+/// reports it as the simulator's own delay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_wait_out_the_latency_and_the_stats_count_them() {
+    let sim = start_sim(|c| c.faults.latency_ms = 300).await;
+    let started = std::time::Instant::now();
+    let first = sim.create(&first_in_series(), Some("late-a")).await;
+    assert_eq!(first.status, 201);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let id = first.body["id"].as_str().unwrap();
+    let started = std::time::Instant::now();
+    let read = sim.get(&format!("/collect/payment_sessions/{id}")).await;
+    assert_eq!(read.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // A replay answers at once: it waited for nothing and is not counted.
+    let again = sim.create(&first_in_series(), Some("late-a")).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let stats = sim.get("/_sim/stats").await.body;
+    assert_eq!(stats["latency_answers"], 2, "{stats}");
+    let overrun = stats["latency_overrun_micros"].as_u64().unwrap();
+    assert!(
+        overrun < 2 * 300_000,
+        "{overrun} µs past the latency for two answers"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_checkout_page_settles_declines_and_cancels() {
     let sim = start_sim(|_| {}).await;
