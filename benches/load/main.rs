@@ -93,10 +93,6 @@ async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
             .env("SIM_SETTLE_DELAY_MS", "100")
             .env("RUST_LOG", "warn"),
     )?;
-    println!(
-        "bench: the simulator runs {}",
-        process::raise_session(sim.id())
-    );
     let started = Instant::now();
     let service_command = || {
         let mut c = Command::new(env!("CARGO_BIN_EXE_moment-mandates"));
@@ -115,6 +111,10 @@ async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
     wait_ready(&http, &format!("{service_url}/readyz"), &mut service).await?;
     let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
     wait_ready(&http, &format!("{sim_url}/_sim/stats"), &mut sim).await?;
+    println!(
+        "bench: the simulator runs {}",
+        process::raise_session(sim.id())
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = rss_kib(service.id(), "VmRSS");
     println!("bench: service ready in {startup_ms:.0} ms, {idle_rss} KiB resident");

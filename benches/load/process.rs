@@ -37,9 +37,22 @@ pub fn ahead(program: &str) -> Command {
     c
 }
 
-/// Raises the session of process `pid` (started by [`ahead`]) above the others when Linux
-/// groups the cores' time by session (`autogroup`). Says what it did.
+/// Raises the session of process `pid` (started by [`ahead`], and ready: `setsid` has run)
+/// above the others when Linux groups the cores' time by session (`autogroup`). Says what it
+/// did. Never raises a session it shares with this process.
 pub fn raise_session(pid: u32) -> String {
+    let session = |p: &str| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // After the command's name: state, parent, process group, session.
+        stat.rsplit_once(") ")?
+            .1
+            .split(' ')
+            .nth(3)
+            .map(str::to_owned)
+    };
+    if session(&pid.to_string()).is_none_or(|s| session("self") == Some(s)) {
+        return "in this benchmark's session (no setsid?)".into();
+    }
     let path = format!("/proc/{pid}/autogroup");
     if !std::path::Path::new(&path).exists() {
         return "in its own session (no autogroup on this kernel)".into();

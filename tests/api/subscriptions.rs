@@ -882,6 +882,69 @@ async fn a_charge_waiting_for_its_slot_is_checked_again_and_not_sent_after_a_rev
     );
 }
 
+/// A chunk of scheduled charges slow to record Moment's answers (a busy Postgres; here its
+/// subscriptions are held by another transaction) does not hold back the charges due after
+/// it: the next chunks are claimed and sent meanwhile, each charge once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charges_slow_to_record_do_not_hold_back_the_next_ones() {
+    let (stack, _, one_slot) = due_on_one_slot(6, 300).await;
+    let run = tokio::spawn(async move {
+        moment_mandates::workflow::scheduler::run_once(
+            &one_slot,
+            std::time::Duration::from_secs(60),
+        )
+        .await
+    });
+    // The first four subscriptions claimed (four chunks of one) are held as soon as they are
+    // claimed, so that recording their charges waits.
+    let mut hold = stack.db.begin().await.unwrap();
+    let mut held: Vec<uuid::Uuid> = Vec::new();
+    for _ in 0..1000 {
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "select id from subscription where lease_token is not null and id <> all($1)
+             order by id limit $2 for no key update",
+        )
+        .bind(&held)
+        .bind(4 - held.len() as i64)
+        .fetch_all(&mut *hold)
+        .await
+        .unwrap();
+        held.extend(ids);
+        if held.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(held.len(), 4, "four subscriptions claimed");
+    crate::support::app::eventually("all six charges sent to Moment", async || {
+        stack.sessions_by_reference("next_in_series").len() == 6
+    })
+    .await;
+    let waiting: i64 = sqlx::query_scalar(
+        "select count(*) from subscription where id = any($1) and lease_token is not null",
+    )
+    .bind(&held)
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    assert_eq!(waiting, 4, "the held chunks are still waiting to record");
+    hold.rollback().await.unwrap();
+    let tally = run.await.unwrap().unwrap();
+    assert_eq!(tally.charged, 6, "{tally:?}");
+    let at_moment = stack.sessions_by_reference("next_in_series");
+    assert_eq!(at_moment.values().sum::<usize>(), 6, "{at_moment:?}");
+    let moved_on: i64 = sqlx::query_scalar(
+        "select count(*) from subscription where next_period = 1 and lease_token is null",
+    )
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        moved_on, 6,
+        "every subscription moved on to its next period"
+    );
+}
+
 /// With Moment slower than a check may be trusted, the charges waiting for the only slot go
 /// stale: each is checked again once, and the rest of the pass checks in the slot, so every
 /// charge reaches Moment once and counts one send.
