@@ -51,7 +51,13 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = rt.block_on(run(&size, &url))?;
+    // Ctrl-C drops the run, and with it the simulator's process (see `process::Reaped`).
+    let report = rt.block_on(async {
+        tokio::select! {
+            report = run(&size, &url) => report,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        }
+    })?;
     std::fs::write(&out, report).with_context(|| format!("cannot write {}", out.display()))?;
     println!("bench: wrote {}", out.display());
     Ok(())
@@ -82,7 +88,7 @@ async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
     // The simulator stands in for Moment, which runs on machines of its own: here it shares
     // the cores with the service and Postgres under test, and would answer late whenever they
     // kept it waiting for a core. It runs ahead of them (see `process::ahead`).
-    let mut sim = spawn(
+    let mut sim = process::Reaped(spawn(
         &logs.join("bench-sim.log"),
         process::ahead(env!("CARGO_BIN_EXE_moment-mandates"))
             .arg("sim")
@@ -92,7 +98,7 @@ async fn run(size: &Size, url: &str) -> anyhow::Result<String> {
             .env("SIM_WEBHOOK_URL", format!("{service_url}/webhooks/moment"))
             .env("SIM_SETTLE_DELAY_MS", "100")
             .env("RUST_LOG", "warn"),
-    )?;
+    )?);
     let started = Instant::now();
     let service_command = || {
         let mut c = Command::new(env!("CARGO_BIN_EXE_moment-mandates"));

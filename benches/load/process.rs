@@ -30,40 +30,77 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// The command for `program` in a session of its own at a higher priority (`nice -n -10
 /// setsid program`; both run it in place, so its pid is the child's): Linux shares the cores
 /// between sessions before threads, and by niceness within them. Without the right to raise a
-/// priority, `nice` says so in the log and runs it as it is.
+/// priority, `nice` says so in the log and runs it at the usual one; without `nice` or
+/// `setsid`, it is `program` as it is. Its session gets no Ctrl-C from the terminal: keep the
+/// child in a [`Reaped`].
 pub fn ahead(program: &str) -> Command {
+    if !["nice", "setsid"].iter().all(|tool| on_path(tool)) {
+        return Command::new(program);
+    }
     let mut c = Command::new("nice");
     c.args(["-n", "-10", "setsid", program]);
     c
 }
 
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()))
+}
+
+/// A child stopped when dropped (an error, or Ctrl-C, ends the benchmark early), unless it
+/// has been waited for already.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(Some(_))) {
+            stop(&mut self.0);
+        }
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// Raises the session of process `pid` (started by [`ahead`], and ready: `setsid` has run)
-/// above the others when Linux groups the cores' time by session (`autogroup`). Says what it
-/// did. Never raises a session it shares with this process.
+/// above the others when Linux groups the cores' time by session (autogroup). Says where it
+/// runs and at what priority. Never raises a session it shares with this process.
 pub fn raise_session(pid: u32) -> String {
-    let session = |p: &str| {
+    // After the command's name: state, parent, process group, session, … (16) nice.
+    let stat = |p: &str, field: usize| {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        // After the command's name: state, parent, process group, session.
         stat.rsplit_once(") ")?
             .1
             .split(' ')
-            .nth(3)
+            .nth(field)
             .map(str::to_owned)
     };
-    if session(&pid.to_string()).is_none_or(|s| session("self") == Some(s)) {
-        return "in this benchmark's session (no setsid?)".into();
+    let nice = stat(&pid.to_string(), 16).unwrap_or_else(|| "unknown".into());
+    let session = stat(&pid.to_string(), 3);
+    if session.is_none_or(|s| stat("self", 3) == Some(s)) {
+        return format!("in this benchmark's session, at nice {nice}");
+    }
+    let enabled = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
+        .is_ok_and(|v| v.trim() == "1");
+    if !enabled {
+        return format!("in a session of its own at nice {nice} (autogroup off)");
     }
     let path = format!("/proc/{pid}/autogroup");
-    if !std::path::Path::new(&path).exists() {
-        return "in its own session (no autogroup on this kernel)".into();
-    }
-    match std::fs::write(&path, "-10") {
-        Ok(()) => std::fs::read_to_string(&path).map_or_else(
-            |e| format!("in its own session ({e})"),
-            |g| format!("in its own session at a higher priority ({})", g.trim()),
-        ),
-        Err(e) => format!("in its own session, not raised ({e})"),
-    }
+    let raised = std::fs::write(&path, "-10").map_or_else(
+        |e| format!("not raised: {e}"),
+        |()| std::fs::read_to_string(&path).map_or_else(|e| e.to_string(), |g| g.trim().to_owned()),
+    );
+    format!("in a session of its own at nice {nice} (its autogroup: {raised})")
 }
 
 /// Starts `command` with its logs going to `log`.

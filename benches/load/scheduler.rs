@@ -31,6 +31,8 @@ pub struct Billed {
     /// the shared cores), until every charge was sent.
     pub call_ms: f64,
     pub sim_overrun_ms: f64,
+    /// Seconds of calls to Moment in all, until every charge was sent.
+    pub call_secs: f64,
     pub cpu: Cpu,
 }
 
@@ -42,7 +44,7 @@ impl Billed {
     /// The share of the run the scheduler's slots spent in calls to Moment: its calls' time
     /// over its concurrency × the run.
     pub fn occupancy(&self) -> f64 {
-        self.call_ms * self.charges as f64 / 1000.0 / (self.concurrency as f64 * self.sent_secs)
+        self.call_secs / (self.concurrency as f64 * self.sent_secs)
     }
 }
 
@@ -248,7 +250,8 @@ async fn measure(
     let sent_secs = started.elapsed().as_secs_f64();
     let calls = moment_calls(http, service).await?;
     let overruns = sim_overruns(http, service).await?;
-    let call_ms = 1000.0 * (calls.0 - calls_before.0) / (calls.1 - calls_before.1).max(1.0);
+    let call_secs = calls.0 - calls_before.0;
+    let call_ms = 1000.0 * call_secs / (calls.1 - calls_before.1).max(1.0);
     let sim_overrun_ms =
         (overruns.1 - overruns_before.1) / 1000.0 / (overruns.0 - overruns_before.0).max(1.0);
     loop {
@@ -302,6 +305,7 @@ async fn measure(
         wal_kib_per_charge: wal / 1024.0 / n as f64,
         call_ms,
         sim_overrun_ms,
+        call_secs,
         cpu,
     })
 }

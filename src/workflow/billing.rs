@@ -279,10 +279,12 @@ pub async fn charge(
     record(state, &answered, token).await?;
     // Anything but a session (or not sendable any more): to the single path under the same
     // keys, which knows what each answer means (a refusal Moment replays is final; silence is
-    // retried; a charge that may no longer be sent ends with the reason).
+    // retried; a charge that may no longer be sent ends with the reason), each in a slot.
     for (charge, lease_token, sub) in unanswered {
         let id = charge.id;
+        let slot = slots.calls.acquire().await;
         send(state, charge, lease_token).await?;
+        drop(slot);
         let next = next_of(&sub);
         subscriptions::charged(&state.db, sub.id, token, id, Some(next)).await?;
     }

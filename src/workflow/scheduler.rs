@@ -180,7 +180,10 @@ fn failed(
 }
 
 /// Chunks of due subscriptions being sent at once (claimed, checked, their calls going out);
-/// as many again may be waiting for their last answers and recording them.
+/// in all, twice as many may be in flight, the others waiting for their last answers and
+/// recording them. A chunk with subscriptions for the one-at-a-time path (retries, a
+/// cancellation at period end, terms that count payments) counts as sending until they are
+/// all in their slots.
 const CHUNKS: usize = 4;
 
 /// Claims and charges what is due, with at most `billing.concurrency` calls to Moment at a
