@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::engine::{Begin, Sim};
-use super::{Problem, problem_response, timer, validate};
+use super::{Problem, problem_response, validate};
 
 const SESSIONS: &str = "/collect/payment_sessions";
 
@@ -158,8 +158,7 @@ async fn create(
     let hash = Sim::request_hash(body);
     let begin = key.as_ref().map(|k| sim.idempotency_begin(k, hash));
     if matches!(begin, None | Some(Begin::Proceed)) {
-        timer::sleep_until(arrived + latency).await;
-        sim.answered_after(arrived, latency);
+        sim.wait_out(arrived, latency).await;
     }
     if let Some(begin) = begin {
         match begin {
@@ -220,8 +219,7 @@ async fn read(
         Ok(f) => f,
         Err(resp) => return *resp,
     };
-    timer::sleep_until(arrived + latency).await;
-    sim.answered_after(arrived, latency);
+    sim.wait_out(arrived, latency).await;
     let found = lookup(sim);
     hang(&fate).await;
     match found {

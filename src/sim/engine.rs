@@ -800,11 +800,13 @@ impl Sim {
         self.lock().deliveries.clone()
     }
 
-    /// Counts an answer that waited out `latency` from `arrived`, and by how much it overran.
-    pub(super) fn answered_after(&self, arrived: Instant, latency: Duration) {
+    /// Waits out `latency` from when the request `arrived` (see `timer`), and counts the
+    /// answer and by how much it overran.
+    pub(super) async fn wait_out(&self, arrived: Instant, latency: Duration) {
         if latency.is_zero() {
             return;
         }
+        super::timer::sleep_until(arrived + latency).await;
         let over = arrived.elapsed().saturating_sub(latency);
         self.latency_answers.fetch_add(1, AtomicOrdering::Relaxed);
         self.latency_overrun_micros

@@ -823,6 +823,20 @@ async fn due_on_one_slot(
     (stack, m, one_slot)
 }
 
+/// One pass of the scheduler of `replica`, within `secs`, run beside the test.
+fn pass_in_background(
+    replica: moment_mandates::state::AppState,
+    secs: u64,
+) -> tokio::task::JoinHandle<sqlx::Result<moment_mandates::workflow::scheduler::Tally>> {
+    tokio::spawn(async move {
+        moment_mandates::workflow::scheduler::run_once(
+            &replica,
+            std::time::Duration::from_secs(secs),
+        )
+        .await
+    })
+}
+
 /// The scheduler checks each charge ahead of its slot; one that waits for its slot longer than
 /// that check may be trusted is checked again. Here two charges of one mandate are checked, one
 /// takes the only slot, and the mandate is revoked while the other waits: that one is never
@@ -830,13 +844,7 @@ async fn due_on_one_slot(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_waiting_for_its_slot_is_checked_again_and_not_sent_after_a_revoke() {
     let (stack, m, one_slot) = due_on_one_slot(2, 3000).await;
-    let run = tokio::spawn(async move {
-        moment_mandates::workflow::scheduler::run_once(
-            &one_slot,
-            std::time::Duration::from_secs(30),
-        )
-        .await
-    });
+    let run = pass_in_background(one_slot, 30);
     // Both charges checked (their sends counted), one of them at Moment, the other waiting.
     let mut checked = 0;
     for _ in 0..200 {
@@ -888,13 +896,7 @@ async fn a_charge_waiting_for_its_slot_is_checked_again_and_not_sent_after_a_rev
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn charges_slow_to_record_do_not_hold_back_the_next_ones() {
     let (stack, _, one_slot) = due_on_one_slot(6, 300).await;
-    let run = tokio::spawn(async move {
-        moment_mandates::workflow::scheduler::run_once(
-            &one_slot,
-            std::time::Duration::from_secs(60),
-        )
-        .await
-    });
+    let run = pass_in_background(one_slot, 60);
     // The first four subscriptions claimed (four chunks of one) are held as soon as they are
     // claimed, so that recording their charges waits.
     let mut hold = stack.db.begin().await.unwrap();
