@@ -246,12 +246,20 @@ async fn a_scrape_reads_the_rows_under_way_and_counts_the_settled_ones_once_a_re
     }
 
     // A scrape that gives up (at Prometheus's timeout, say) does not stop the count it began:
-    // the count ends, and the next scrape has it.
+    // the count ends, and the next scrape has it. The charges are locked while the scrape
+    // runs, so that neither it nor its count can end before the scrape is cut.
     let given_up = std::sync::Arc::new(moment_mandates::store::counts::Recount::new(
         Duration::from_secs(3600),
     ));
-    let cut = tokio::time::timeout(Duration::from_millis(1), given_up.counts(&app.db)).await;
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("lock table charge in access exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let cut = tokio::time::timeout(Duration::from_millis(200), given_up.counts(&app.db)).await;
     assert!(cut.is_err(), "the scrape was to be cut short");
+    assert!(given_up.settled_age().is_none(), "counted through the lock");
+    lock.rollback().await.unwrap();
     let began = Instant::now();
     while given_up.settled_age().is_none() {
         assert!(
