@@ -199,7 +199,8 @@ async fn a_retry_under_the_same_key_replays_the_answer_without_calling_moment() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_requests_under_one_key_make_one_moment_call() {
-    let app = TestApp::new().await;
+    // Time enough for Moment's answer on a busy machine: a call timed out is sent again.
+    let app = TestApp::with(|c| c.moment_timeout = std::time::Duration::from_secs(10)).await;
     let mandate = app.active_mandate().await;
     // Moment is slow, so the requests overlap the first one's call.
     Mock::given(method("POST"))

@@ -174,8 +174,16 @@ async fn a_tailing_reader_sees_every_event_once_while_transactions_commit_out_of
     });
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
+    // Pages until all 40 are seen (an event shows once every older transaction on the server
+    // has ended, other tests' included), then three empty pages in a row.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut idle_rounds = 0;
-    while idle_rounds < 3 {
+    while seen.len() < 40 || idle_rounds < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tailing reader saw {} of 40 events",
+            seen.len()
+        );
         let mut uri = "/events?limit=7".to_owned();
         if let Some(a) = &after {
             uri.push_str(&format!("&after={a}"));
@@ -183,12 +191,13 @@ async fn a_tailing_reader_sees_every_event_once_while_transactions_commit_out_of
         let page = app.get(&uri).await.body;
         let data = page["data"].as_array().unwrap();
         if data.is_empty() {
-            if writers.is_finished() {
+            if seen.len() >= 40 {
                 idle_rounds += 1;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
+        idle_rounds = 0;
         seen.extend(data.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
         after = page["next_cursor"].as_str().map(str::to_owned);
     }
@@ -200,10 +209,15 @@ async fn a_tailing_reader_sees_every_event_once_while_transactions_commit_out_of
 
 /// A receiver at `/hook` answering `status`, and an endpoint for it (all event types).
 async fn endpoint(app: &TestApp, receiver: &MockServer) -> Value {
+    endpoint_at(app, &receiver.uri()).await
+}
+
+/// An endpoint at `{base}/hook`, for all event types.
+async fn endpoint_at(app: &TestApp, base: &str) -> Value {
     let created = app
         .post(
             "/webhook-endpoints",
-            &json!({"url": format!("{}/hook", receiver.uri())}),
+            &json!({"url": format!("{base}/hook")}),
             &[],
         )
         .await;
@@ -568,7 +582,7 @@ async fn a_rotated_secret_signs_beside_the_new_one_and_endpoints_are_managed_thr
     app.moment_accepts_sessions().await;
     app.create_mandate(&crate::support::app::mandate_body())
         .await;
-    run_worker(&app.state, 1).await;
+    until_received(&app.state, &hook, 1).await;
     let r = &hook.received_requests().await.unwrap()[0];
     let header = |n: &str| r.headers.get(n).and_then(|v| v.to_str().ok());
     assert_eq!(header("webhook-signature").unwrap().split(' ').count(), 2);
@@ -620,13 +634,9 @@ async fn a_rotated_secret_signs_beside_the_new_one_and_endpoints_are_managed_thr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_endpoint_holds_back_only_its_own_deliveries() {
     let app = TestApp::new().await;
-    let slow = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/hook"))
-        .respond_with(ResponseTemplate::new(204).set_delay(Duration::from_secs(2)))
-        .mount(&slow)
-        .await;
-    endpoint(&app, &slow).await;
+    // The slow endpoint takes its deliveries and answers none until released.
+    let slow = crate::support::held::HeldEndpoint::start().await;
+    endpoint_at(&app, &slow.url).await;
     let quick = receiver(204).await;
     endpoint(&app, &quick).await;
     app.moment_accepts_sessions().await;
@@ -640,13 +650,16 @@ async fn a_slow_endpoint_holds_back_only_its_own_deliveries() {
     let started = std::time::Instant::now();
     while quick.received_requests().await.unwrap().len() < 10 {
         assert!(
-            started.elapsed() < Duration::from_millis(1500),
+            started.elapsed() < Duration::from_secs(30),
             "the quick endpoint waited for the slow one"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // All ten at the quick endpoint while the slow one still sits on its first ones.
+    assert!(!run.is_finished());
+    slow.release();
     run.await.unwrap();
-    assert_eq!(slow.received_requests().await.unwrap().len(), 10);
+    assert_eq!(slow.received(), 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

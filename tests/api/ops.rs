@@ -17,7 +17,7 @@ use crate::support::app::{
     mandate_body,
 };
 use crate::support::db::TestDb;
-use crate::support::process::{serve, shut_down};
+use crate::support::process::{serve_with, shut_down};
 use crate::support::stack::start_stack;
 
 /// The value of the sample of `name` carrying every label in `labels`.
@@ -457,7 +457,11 @@ async fn shutdown_lets_in_flight_requests_finish_and_returns() {
         )
         .mount(&moment)
         .await;
-    let (base, stop, handle) = serve(&test_db.url, &moment.uri()).await;
+    // Time enough for Moment's answer on a busy machine: a call timed out would not be 201.
+    let (base, stop, handle) = serve_with(&test_db.url, &moment.uri(), |c| {
+        c.moment_timeout = Duration::from_secs(10)
+    })
+    .await;
     let http = reqwest::Client::new();
     let in_flight = tokio::spawn({
         let http = http.clone();
@@ -473,7 +477,11 @@ async fn shutdown_lets_in_flight_requests_finish_and_returns() {
                 .status()
         }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The signal comes while Moment holds the request.
+    crate::support::app::eventually("the request at Moment", async || {
+        moment.received_requests().await.unwrap().len() == 1
+    })
+    .await;
     let started = Instant::now();
     shut_down(stop, handle).await;
     assert_eq!(

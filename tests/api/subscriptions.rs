@@ -1001,14 +1001,17 @@ async fn each_period_is_charged_once_under_two_replicas_and_a_replica_dying_mid_
         moment_mandates::workflow::scheduler::run_once(&dying, std::time::Duration::from_secs(30))
             .await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    // It dies as soon as it has made its first charges.
+    crate::support::app::eventually("the replica's first charges", async || {
+        let made: i64 = sqlx::query_scalar("select count(*) from charge")
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+        made > 0
+    })
+    .await;
     run.abort();
     b.db.close().await;
-    let made: i64 = sqlx::query_scalar("select count(*) from charge")
-        .fetch_one(&stack.db)
-        .await
-        .unwrap();
-    assert!(made > 0, "the replica died before making any charge");
     stack.sim().set_faults(Default::default()).unwrap();
     // Its leases run out; then the service and a fresh replica B run side by side for two
     // months of periods.
@@ -1187,25 +1190,19 @@ async fn a_first_period_already_past_is_not_billed_and_does_not_count() {
 /// seconds to answer holds back its own deliveries, not a subscription falling due meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_merchant_endpoint_does_not_hold_back_a_charge_falling_due() {
-    use wiremock::matchers::method;
-    use wiremock::{Mock, MockServer, ResponseTemplate};
-
     let stack = start_stack(|_| {}).await;
     let s = monthly_from_tomorrow(&stack, "slow-endpoint-sub", CARD).await;
-    let slow = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(204).set_delay(std::time::Duration::from_secs(12)))
-        .mount(&slow)
-        .await;
+    // The endpoint takes its delivery and answers only when released: its attempt is
+    // recorded only at the delivery timeout (15 s), or on release.
+    let slow = crate::support::held::HeldEndpoint::start().await;
     let ep = stack
         .post(
             "/webhook-endpoints",
-            &json!({"url": format!("{}/hook", slow.uri()), "event_types": ["subscription.updated"]}),
+            &json!({"url": format!("{}/hook", slow.url), "event_types": ["subscription.updated"]}),
             "slow-endpoint",
         )
         .await;
     assert_eq!(ep.status, 201, "{}", ep.body);
-    // One event for the endpoint, which sits on it for 12 s.
     let r = stack
         .patch(
             &format!("/subscriptions/{}", s["id"].as_str().unwrap()),
@@ -1214,26 +1211,35 @@ async fn a_slow_merchant_endpoint_does_not_hold_back_a_charge_falling_due() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     crate::support::app::eventually("the delivery at the slow endpoint", async || {
-        !slow
-            .received_requests()
-            .await
-            .unwrap_or_default()
-            .is_empty()
+        slow.received() > 0
     })
     .await;
-    let sitting = std::time::Instant::now();
     let due = (sast(OffsetDateTime::now_utc()) + Duration::days(1))
         .with_hms(9, 0, 1)
         .unwrap()
         .assume_offset(time::macros::offset!(+2));
     stack.dev.clock.advance_to(due);
-    while charges_of(&stack, &s).await.is_empty() {
-        assert!(
-            sitting.elapsed() < std::time::Duration::from_secs(6),
-            "no charge 6 s after the subscription fell due, while the endpoint sat on its delivery"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    crate::support::app::eventually("the charge falling due", async || {
+        !charges_of(&stack, &s).await.is_empty()
+    })
+    .await;
+    // Charged while the endpoint still sat on its delivery: no attempt of it recorded yet.
+    let attempts: i64 = sqlx::query_scalar(
+        "select count(*) from delivery_attempt a join delivery d on d.id = a.delivery_id
+         where d.endpoint_id = $1",
+    )
+    .bind(
+        ep.body["id"]
+            .as_str()
+            .unwrap()
+            .parse::<uuid::Uuid>()
+            .unwrap(),
+    )
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    assert_eq!(attempts, 0, "the charge waited for the slow endpoint");
+    slow.release();
 }
 
 /// Moment down when a period falls due: the charge is sent, unanswered, and waits to be sent
