@@ -132,7 +132,15 @@ async fn idempotency_keys_replay_refuse_and_conflict() {
     let mismatch = sim.create(&other, Some("key-a")).await;
     mismatch.problem(422);
 
-    // Two at once under a new key: one creates, the other is told it is in flight.
+    // Two at once under a new key: one creates, the other is told it is in flight (the
+    // first is held long enough for the second to come while it waits, on a busy machine too).
+    let latency = |ms: u64| {
+        sim.http
+            .patch(sim.url("/_sim/faults"))
+            .json(&json!({"latency_ms": ms}))
+            .send()
+    };
+    assert_eq!(latency(3000).await.unwrap().status(), 200);
     let body = first_in_series();
     let (a, b) = tokio::join!(
         sim.create(&body, Some("key-b")),
@@ -141,6 +149,7 @@ async fn idempotency_keys_replay_refuse_and_conflict() {
     let mut statuses = [a.status.as_u16(), b.status.as_u16()];
     statuses.sort();
     assert_eq!(statuses, [201, 409]);
+    assert_eq!(latency(300).await.unwrap().status(), 200);
 
     // A refusal is stored under its key too.
     let bad = json!({"type": "first_in_series", "amount": 1, "currency": "EUR"});
@@ -494,7 +503,7 @@ async fn api_faults_fail_without_effect_or_take_effect_and_hang() {
 
     sim.http
         .patch(sim.url("/_sim/faults"))
-        .json(&json!({"error_rate": 0, "timeout_rate": 1, "hang_ms": 2000}))
+        .json(&json!({"error_rate": 0, "timeout_rate": 1, "hang_ms": 20000}))
         .send()
         .await
         .unwrap();
@@ -503,7 +512,7 @@ async fn api_faults_fail_without_effect_or_take_effect_and_hang() {
         .post(sim.url("/collect/payment_sessions"))
         .bearer_auth(SIM_KEY)
         .header("idempotency-key", "f-1")
-        .timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(2))
         .json(&first_in_series())
         .send()
         .await;

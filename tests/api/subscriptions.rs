@@ -817,7 +817,7 @@ async fn due_on_one_slot(
     slow_moment_at_nine(&stack, tomorrow, latency_ms);
     let one_slot = replica_with(&stack, |c| {
         c.billing.concurrency = 1;
-        c.moment_timeout = std::time::Duration::from_secs(10);
+        c.moment_timeout = std::time::Duration::from_secs(30);
     })
     .await;
     (stack, m, one_slot)
@@ -843,11 +843,13 @@ fn pass_in_background(
 /// sent, and fails as never sent (not as a send whose outcome is unknown).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_waiting_for_its_slot_is_checked_again_and_not_sent_after_a_revoke() {
-    let (stack, m, one_slot) = due_on_one_slot(2, 3000).await;
-    let run = pass_in_background(one_slot, 30);
+    // Moment takes 8 s: time for the test to see both checked and revoke, on a busy machine.
+    let (stack, m, one_slot) = due_on_one_slot(2, 8000).await;
+    let run = pass_in_background(one_slot, 60);
     // Both charges checked (their sends counted), one of them at Moment, the other waiting.
     let mut checked = 0;
-    for _ in 0..200 {
+    let began = std::time::Instant::now();
+    while began.elapsed() < std::time::Duration::from_secs(6) {
         checked = sqlx::query_scalar::<_, i64>(
             "select count(*) from charge where status = 'pending' and sends = 1",
         )

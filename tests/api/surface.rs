@@ -415,7 +415,8 @@ async fn half_sent_request_heads_are_cut_off_and_connections_are_capped() {
     let test_db = TestDb::new().await;
     let moment = MockServer::start().await;
     let (base, stop, handle) = serve_with(&test_db.url, &moment.uri(), |c| {
-        c.header_read_timeout = Duration::from_secs(1);
+        // Long enough that the third client is refused before the two are cut off.
+        c.header_read_timeout = Duration::from_secs(5);
         c.max_connections = 2;
     })
     .await;
@@ -443,7 +444,7 @@ async fn half_sent_request_heads_are_cut_off_and_connections_are_capped() {
     // ... until the header timeout closes them.
     for mut s in slow {
         let mut rest = Vec::new();
-        let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        let closed = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut rest)).await;
         assert!(closed.is_ok(), "a half-sent head was kept open");
     }
     let ok = http.get(format!("{base}/healthz")).send().await.unwrap();
