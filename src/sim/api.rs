@@ -107,6 +107,7 @@ pub async fn create_session(
     body: Bytes,
 ) -> Response {
     let arrived = Instant::now();
+    let _in_flight = sim.call_arrives();
     let (fate, latency) = match admit(&sim, &headers, SESSIONS) {
         Ok(f) => f,
         Err(resp) => return *resp,
@@ -215,6 +216,7 @@ async fn read(
     lookup: impl FnOnce(&Sim) -> Option<Value>,
 ) -> Response {
     let arrived = Instant::now();
+    let _in_flight = sim.call_arrives();
     let (fate, latency) = match admit(sim, headers, instance) {
         Ok(f) => f,
         Err(resp) => return *resp,

@@ -186,6 +186,11 @@ pub struct Stats {
     /// machine it shares with the service under load is not Moment's.
     pub latency_answers: u64,
     pub latency_overrun_micros: u64,
+    /// API calls received since the simulator started (authorized or not, faults included).
+    pub calls: u64,
+    /// The most API calls in flight at once since the simulator started: from when a call
+    /// arrives until it is answered or its caller hangs up.
+    pub calls_in_flight_max: u64,
 }
 
 /// The simulator. Cheap to share as `Arc<Sim>`.
@@ -201,6 +206,20 @@ pub struct Sim {
     /// See `Stats::latency_answers` and `Stats::latency_overrun_micros`.
     latency_answers: AtomicU64,
     latency_overrun_micros: AtomicU64,
+    /// See `Stats::calls` and `Stats::calls_in_flight_max`.
+    calls: AtomicU64,
+    calls_in_flight: AtomicU64,
+    calls_in_flight_max: AtomicU64,
+}
+
+/// One API call in flight, from its arrival until it is dropped (answered, or its caller
+/// gone).
+pub(super) struct InFlight<'a>(&'a Sim);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.calls_in_flight.fetch_sub(1, AtomicOrdering::SeqCst);
+    }
 }
 
 /// Why a checkout could not be settled.
@@ -269,6 +288,9 @@ impl Sim {
             delivery_slots: tokio::sync::Semaphore::new(config.webhook_concurrency.max(1)),
             latency_answers: AtomicU64::new(0),
             latency_overrun_micros: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            calls_in_flight: AtomicU64::new(0),
+            calls_in_flight_max: AtomicU64::new(0),
             public_url: public_url.trim_end_matches('/').to_owned(),
             config,
             inner: Mutex::new(Inner::default()),
@@ -813,6 +835,15 @@ impl Sim {
             .fetch_add(over.as_micros() as u64, AtomicOrdering::Relaxed);
     }
 
+    /// Counts an API call in flight while the returned guard lives.
+    pub(super) fn call_arrives(&self) -> InFlight<'_> {
+        self.calls.fetch_add(1, AtomicOrdering::Relaxed);
+        let now = self.calls_in_flight.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+        self.calls_in_flight_max
+            .fetch_max(now, AtomicOrdering::SeqCst);
+        InFlight(self)
+    }
+
     pub fn stats(&self) -> Stats {
         let inner = self.lock();
         let mut s = Stats {
@@ -820,6 +851,8 @@ impl Sim {
             webhooks: inner.deliveries.len(),
             latency_answers: self.latency_answers.load(AtomicOrdering::Relaxed),
             latency_overrun_micros: self.latency_overrun_micros.load(AtomicOrdering::Relaxed),
+            calls: self.calls.load(AtomicOrdering::Relaxed),
+            calls_in_flight_max: self.calls_in_flight_max.load(AtomicOrdering::SeqCst),
             ..Stats::default()
         };
         for p in inner.payments.values() {

@@ -163,7 +163,7 @@ async fn idempotency_keys_replay_refuse_and_conflict() {
 
 /// The latency fault holds each answer until that long after its request arrived, and the
 /// stats count the answers that waited it out and how far past it they came (the benchmark
-/// reports it as the simulator's own delay).
+/// reports it as the simulator's own delay), and the calls, and the most at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_wait_out_the_latency_and_the_stats_count_them() {
     let sim = start_sim(|c| c.faults.latency_ms = 300).await;
@@ -181,6 +181,9 @@ async fn answers_wait_out_the_latency_and_the_stats_count_them() {
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     let stats = sim.get("/_sim/stats").await.body;
     assert_eq!(stats["latency_answers"], 2, "{stats}");
+    // Three calls, one at a time.
+    assert_eq!(stats["calls"], 3, "{stats}");
+    assert_eq!(stats["calls_in_flight_max"], 1, "{stats}");
     let overrun = stats["latency_overrun_micros"].as_u64().unwrap();
     assert!(
         overrun < 2 * 300_000,

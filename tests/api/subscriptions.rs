@@ -892,6 +892,53 @@ async fn a_charge_waiting_for_its_slot_is_checked_again_and_not_sent_after_a_rev
     );
 }
 
+/// Calls to Moment never exceed the scheduler's concurrency, the one-at-a-time sends after a
+/// batch included (a call Moment left unanswered is sent again that way, under its key): here
+/// Moment takes every call and answers none within the service's timeout, while the chunks
+/// after the first send their batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_moment_stay_within_the_concurrency_when_moment_does_not_answer() {
+    let stack = start_stack(|o| o.worker_interval = std::time::Duration::from_secs(3600)).await;
+    let m = mandate(&stack, "m", CARD, json!({"amount": {"max": 9900}})).await;
+    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
+    for i in 0..8 {
+        monthly_on(&stack, &format!("s{i}"), &m, tomorrow).await;
+    }
+    slow_moment_at_nine(&stack, tomorrow, 0);
+    stack
+        .sim()
+        .set_faults(moment_mandates::sim::Faults {
+            timeout_rate: 1.0,
+            hang_ms: 5_000,
+            hold_webhooks: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let before = stack.sim().stats();
+    let two = replica_with(&stack, |c| {
+        c.billing.concurrency = 2;
+        c.moment_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    pass_in_background(two, 60).await.unwrap().unwrap();
+    let after = stack.sim().stats();
+    assert!(before.calls_in_flight_max <= 2);
+    assert_eq!(
+        after.calls_in_flight_max, 2,
+        "the most calls at Moment at once, with two slots"
+    );
+    // Each of the 8 charges was sent in its batch and again on its own, never answered, and
+    // every send reached Moment.
+    let sends: Vec<i32> = sqlx::query_scalar("select sends from charge")
+        .fetch_all(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(sends.len(), 8);
+    assert!(sends.iter().all(|n| *n >= 2), "sends: {sends:?}");
+    let total: i32 = sends.iter().sum();
+    assert!(after.calls - before.calls >= total as u64);
+}
+
 /// A chunk of scheduled charges slow to record Moment's answers (a busy Postgres; here its
 /// subscriptions are held by another transaction) does not hold back the charges due after
 /// it: the next chunks are claimed and sent meanwhile, each charge once.
