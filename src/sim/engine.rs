@@ -186,10 +186,11 @@ pub struct Stats {
     /// machine it shares with the service under load is not Moment's.
     pub latency_answers: u64,
     pub latency_overrun_micros: u64,
-    /// API calls received since the simulator started (authorized or not, faults included).
+    /// API calls that reached the simulator's handlers since it started (authorized or not,
+    /// faults included).
     pub calls: u64,
     /// The most API calls in flight at once since the simulator started: from when a call
-    /// arrives until it is answered or its caller hangs up.
+    /// arrives until it is answered, or until the simulator sees its caller gone.
     pub calls_in_flight_max: u64,
 }
 
@@ -218,7 +219,7 @@ pub(super) struct InFlight<'a>(&'a Sim);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.calls_in_flight.fetch_sub(1, AtomicOrdering::SeqCst);
+        self.0.calls_in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
     }
 }
 
@@ -838,9 +839,9 @@ impl Sim {
     /// Counts an API call in flight while the returned guard lives.
     pub(super) fn call_arrives(&self) -> InFlight<'_> {
         self.calls.fetch_add(1, AtomicOrdering::Relaxed);
-        let now = self.calls_in_flight.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+        let now = self.calls_in_flight.fetch_add(1, AtomicOrdering::Relaxed) + 1;
         self.calls_in_flight_max
-            .fetch_max(now, AtomicOrdering::SeqCst);
+            .fetch_max(now, AtomicOrdering::Relaxed);
         InFlight(self)
     }
 
@@ -852,7 +853,7 @@ impl Sim {
             latency_answers: self.latency_answers.load(AtomicOrdering::Relaxed),
             latency_overrun_micros: self.latency_overrun_micros.load(AtomicOrdering::Relaxed),
             calls: self.calls.load(AtomicOrdering::Relaxed),
-            calls_in_flight_max: self.calls_in_flight_max.load(AtomicOrdering::SeqCst),
+            calls_in_flight_max: self.calls_in_flight_max.load(AtomicOrdering::Relaxed),
             ..Stats::default()
         };
         for p in inner.payments.values() {

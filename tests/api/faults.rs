@@ -647,8 +647,9 @@ async fn write_survives_a_dropped_caller(proxy: &Proxy, url: &str, n: i32, detac
             tx.commit().await
         }
     };
-    // The caller goes away 150 ms in: BEGIN has reached Postgres, its answer has not come back
-    // (it comes at 300 ms: a timer late by less than that still cuts in time).
+    // The caller goes away 150 ms in: BEGIN is on the wire (in the proxy, on its way to
+    // Postgres), its answer has not come back (it comes at 300 ms or later: a timer late by
+    // less than that still cuts in time).
     let cut_short = if detach {
         tokio::time::timeout(
             Duration::from_millis(150),

@@ -922,10 +922,14 @@ async fn calls_to_moment_stay_within_the_concurrency_when_moment_does_not_answer
     .await;
     pass_in_background(two, 60).await.unwrap().unwrap();
     let after = stack.sim().stats();
-    assert!(before.calls_in_flight_max <= 2);
-    assert_eq!(
-        after.calls_in_flight_max, 2,
-        "the most calls at Moment at once, with two slots"
+    assert!(before.calls_in_flight_max < 2);
+    // Two slots, both used. (The simulator sees a call end when it reads that the service hung
+    // up, which on a busy machine may come just after the slot's next call: one more is
+    // allowed for that. It read 2 in every run; without the fix, 6 and 7.)
+    assert!(
+        (2..=3).contains(&after.calls_in_flight_max),
+        "{} calls at Moment at once, with two slots",
+        after.calls_in_flight_max
     );
     // Each of the 8 charges was sent in its batch and again on its own, never answered, and
     // every send reached Moment.
@@ -935,6 +939,11 @@ async fn calls_to_moment_stay_within_the_concurrency_when_moment_does_not_answer
         .unwrap();
     assert_eq!(sends.len(), 8);
     assert!(sends.iter().all(|n| *n >= 2), "sends: {sends:?}");
+    let open: i64 = sqlx::query_scalar("select count(*) from charge where status = 'pending'")
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(open, 8, "every charge waits to be sent again");
     let total: i32 = sends.iter().sum();
     assert!(after.calls - before.calls >= total as u64);
 }
@@ -1044,19 +1053,17 @@ async fn each_period_is_charged_once_under_two_replicas_and_a_replica_dying_mid_
     // Replica B starts the first period's run with Moment slow, and dies half-way: charges
     // recorded and sent, subscriptions not yet moved on, leases held.
     slow_moment_at_nine(&stack, tomorrow, 300);
+    let calls = stack.sim().stats().calls;
     let b = replica(&stack).await;
     let dying = b.clone();
     let run = tokio::spawn(async move {
         moment_mandates::workflow::scheduler::run_once(&dying, std::time::Duration::from_secs(30))
             .await
     });
-    // It dies as soon as it has made its first charges.
-    crate::support::app::eventually("the replica's first charges", async || {
-        let made: i64 = sqlx::query_scalar("select count(*) from charge")
-            .fetch_one(&stack.db)
-            .await
-            .unwrap();
-        made > 0
+    // It dies as soon as its first calls have reached Moment (which makes their sessions
+    // whether or not the caller is still there to hear).
+    crate::support::app::eventually("the replica's first calls at Moment", async || {
+        stack.sim().stats().calls > calls
     })
     .await;
     run.abort();

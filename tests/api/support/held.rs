@@ -1,5 +1,6 @@
 //! A merchant's webhook endpoint that takes deliveries and answers none of them until the
-//! test releases it: a slow endpoint whose slowness does not depend on the machine's speed.
+//! test releases it (or drops it): a slow endpoint whose slowness does not depend on the
+//! machine's speed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,6 +10,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use tokio::sync::watch;
 
+/// The endpoint, listening on a port of its own until dropped.
 pub struct HeldEndpoint {
     /// Where it listens; deliveries go to `{url}/hook`.
     pub url: String,
@@ -18,6 +20,7 @@ pub struct HeldEndpoint {
 }
 
 impl HeldEndpoint {
+    /// Starts it on `127.0.0.1`, holding every delivery.
     pub async fn start() -> Self {
         let received = Arc::new(AtomicUsize::new(0));
         let (open, gate) = watch::channel(false);
@@ -52,7 +55,8 @@ impl HeldEndpoint {
         self.received.load(Ordering::SeqCst)
     }
 
-    /// Answers the deliveries held and every one after them with 204.
+    /// Answers the deliveries held and every one after them with 204 (as dropping it does
+    /// for those held).
     pub fn release(&self) {
         self.open.send_replace(true);
     }
