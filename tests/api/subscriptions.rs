@@ -808,6 +808,19 @@ async fn due_on_one_slot(
     n: usize,
     latency_ms: u64,
 ) -> (Stack, Value, moment_mandates::state::AppState) {
+    due_on_replica(n, latency_ms, |c| {
+        c.billing.concurrency = 1;
+        c.moment_timeout = std::time::Duration::from_secs(30);
+    })
+    .await
+}
+
+/// `due_on_one_slot` with the replica's settings changed by `tweak` instead.
+async fn due_on_replica(
+    n: usize,
+    latency_ms: u64,
+    tweak: impl FnOnce(&mut moment_mandates::config::Config),
+) -> (Stack, Value, moment_mandates::state::AppState) {
     let stack = start_stack(|o| o.worker_interval = std::time::Duration::from_secs(3600)).await;
     let m = mandate(&stack, "m", CARD, json!({"amount": {"max": 9900}})).await;
     let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
@@ -815,12 +828,8 @@ async fn due_on_one_slot(
         monthly_on(&stack, &format!("s{i}"), &m, tomorrow).await;
     }
     slow_moment_at_nine(&stack, tomorrow, latency_ms);
-    let one_slot = replica_with(&stack, |c| {
-        c.billing.concurrency = 1;
-        c.moment_timeout = std::time::Duration::from_secs(30);
-    })
-    .await;
-    (stack, m, one_slot)
+    let replica = replica_with(&stack, tweak).await;
+    (stack, m, replica)
 }
 
 /// One pass of the scheduler of `replica`, within `secs`, run beside the test.
@@ -898,13 +907,11 @@ async fn a_charge_waiting_for_its_slot_is_checked_again_and_not_sent_after_a_rev
 /// after the first send their batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_to_moment_stay_within_the_concurrency_when_moment_does_not_answer() {
-    let stack = start_stack(|o| o.worker_interval = std::time::Duration::from_secs(3600)).await;
-    let m = mandate(&stack, "m", CARD, json!({"amount": {"max": 9900}})).await;
-    let tomorrow = sast(OffsetDateTime::now_utc()) + Duration::days(1);
-    for i in 0..8 {
-        monthly_on(&stack, &format!("s{i}"), &m, tomorrow).await;
-    }
-    slow_moment_at_nine(&stack, tomorrow, 0);
+    let (stack, _, two) = due_on_replica(8, 0, |c| {
+        c.billing.concurrency = 2;
+        c.moment_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
     stack
         .sim()
         .set_faults(moment_mandates::sim::Faults {
@@ -915,11 +922,6 @@ async fn calls_to_moment_stay_within_the_concurrency_when_moment_does_not_answer
         })
         .unwrap();
     let before = stack.sim().stats();
-    let two = replica_with(&stack, |c| {
-        c.billing.concurrency = 2;
-        c.moment_timeout = std::time::Duration::from_millis(300);
-    })
-    .await;
     pass_in_background(two, 60).await.unwrap().unwrap();
     let after = stack.sim().stats();
     assert!(before.calls_in_flight_max < 2);
